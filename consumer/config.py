@@ -1,0 +1,242 @@
+"""Typed settings: the YAML file, overridden by `PROFILE_CONSUMER__SECTION__KEY` variables.
+
+Every problem is reported at once, each naming the file, the dotted key and what was expected,
+so `profile-consumer check` can list them all instead of failing on the first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from consumer.errors import ConfigError
+
+ENV_PREFIX = "PROFILE_CONSUMER__"
+KafkaValue = str | int | float | bool
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    group_id: str = Field("profile-consumer", min_length=1)
+    topics: list[str] = Field(default_factory=lambda: ["offline-transactions"], min_length=1)
+    dlq_topic: str = Field("offline-transactions.dlq", min_length=1)
+    # Passed to librdkafka untouched: security.protocol, sasl.*, ssl.*, session.timeout.ms...
+    config: dict[str, KafkaValue] = Field(default_factory=dict)
+    poll_batch_size: int = Field(500, ge=1, le=100_000)
+    commit_interval_seconds: float = Field(1.0, gt=0)
+
+
+class AvroSettings(_Section):
+    schema_registry_url: str | None = None
+    writer_schema: Path = Path("schemas/offline_transaction.avsc")
+    # The schema the mapping rules are written against; defaults to the writer schema.
+    reader_schema: Path | None = None
+
+
+class TargetSettings(_Section):
+    client_code: str = Field("acme", pattern=r"^[A-Za-z0-9_-]+$")
+    base_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    token: SecretStr | None = None
+    max_in_flight: int = Field(64, ge=1, le=10_000)
+    timeout_seconds: float = Field(10.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    retry_base_seconds: float = Field(0.5, gt=0)
+    retry_cap_seconds: float = Field(60.0, gt=0)
+    coalesce_window_ms: int = Field(500, ge=0)
+    # A CA bundle path, or false to turn verification off (never the default).
+    verify_tls: bool | Path = True
+    circuit_failure_threshold: int = Field(10, ge=1)
+    circuit_open_seconds: float = Field(5.0, gt=0)
+
+    def url(self) -> str:
+        """The API root, without a trailing slash."""
+        base = self.base_url or f"https://{self.client_code}.tt.omtrdc.net"
+        return base.rstrip("/")
+
+
+class QuotaSettings(_Section):
+    limit: int = Field(1_000_000, ge=1)
+    window_seconds: float = Field(86_400, gt=0)
+    pacing: Literal["smooth", "eager"] = "smooth"
+    # Smooth pacing lets this many updates go above the steady rate; default 1% of the limit.
+    burst: int | None = Field(None, ge=1)
+    ledger_topic: str | None = None
+
+    def burst_allowance(self) -> int:
+        return self.burst if self.burst is not None else max(1, self.limit // 100)
+
+
+class MappingSettings(_Section):
+    rules: Path = Path("examples/mapping.yaml")
+
+
+class MetricsSettings(_Section):
+    host: str = "0.0.0.0"  # noqa: S104 - a pod must be scraped from outside
+    port: int = Field(9400, ge=0, le=65535)
+
+
+class PipelineSettings(_Section):
+    max_buffered_events: int = Field(10_000, ge=1)
+    shutdown_timeout_seconds: float = Field(20.0, ge=0)
+    # /healthz fails when the poll loop has not turned for this long.
+    stuck_after_seconds: float = Field(60.0, gt=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mask_identities: bool = True
+
+
+class Settings(_Section):
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
+    avro: AvroSettings = Field(default_factory=AvroSettings)
+    target: TargetSettings = Field(default_factory=TargetSettings)  # type: ignore[arg-type]
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)  # type: ignore[arg-type]
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)  # type: ignore[arg-type]
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    # Where the file was read from: relative paths inside it resolve against it.
+    _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.kafka.dlq_topic in self.kafka.topics:
+            raise ValueError("kafka.dlq_topic must not be one of kafka.topics (it would loop)")
+        return self
+
+    def ledger_topic(self) -> str:
+        return self.quota.ledger_topic or f"{self.kafka.group_id}.quota"
+
+    def resolve(self, path: Path) -> Path:
+        """Find a file named in the config: absolute, cwd, next to the config, then packaged."""
+        if path.is_absolute():
+            return path
+        candidates = [Path.cwd() / path]
+        if self._source is not None:
+            candidates.append(self._source.parent / path)
+        for candidate in candidates:
+            if candidate.exists():
+                return candidate
+        if path.parts and path.parts[0] == "schemas":
+            packaged = resources.files("consumer").joinpath("_schemas", *path.parts[1:])
+            if packaged.is_file():
+                return Path(str(packaged))
+        return candidates[0]
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge env overrides, validate. Raises ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    label = str(path) if path is not None else "<defaults>"
+    raw = _read_yaml(path) if path is not None else {}
+    _apply_env(raw, environ)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(label, err) for err in exc.errors()]) from exc
+    settings._source = path.resolve() if path is not None else None
+    problems = _check_files(settings, label)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping of sections at the top level"])
+    return data
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """PROFILE_CONSUMER__KAFKA__BOOTSTRAP_SERVERS=x sets raw['kafka']['bootstrap_servers'].
+
+    Values are parsed as YAML scalars/flow collections so lists and numbers work. Keys under
+    kafka.config use librdkafka's dotted names: `..__CONFIG__SASL_PASSWORD` -> `sasl.password`.
+    """
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if len(parts) < 2:
+            continue
+        if parts[:2] == ["kafka", "config"] and len(parts) == 3:
+            parts[2] = parts[2].replace("_", ".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = _env_value(parts, environ[name])
+
+
+def _env_value(parts: list[str], value: str) -> Any:
+    # Secrets and librdkafka values stay strings: "0123" must not become 123.
+    if parts[-1] == "token" or parts[:2] == ["kafka", "config"]:
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _describe(label: str, err: Any) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "<top>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        expected = "no such key (unknown keys are errors; check the spelling)"
+    elif kind == "missing":
+        expected = "a value is required"
+    else:
+        expected = err["msg"]
+        if "input" in err and kind != "value_error" and not key.endswith("token"):
+            expected += f" (got {err['input']!r})"
+    return f"{label}: {key}: {expected}"
+
+
+def _check_files(settings: Settings, label: str) -> list[str]:
+    problems = []
+    named = [("avro.writer_schema", settings.avro.writer_schema)]
+    if settings.avro.reader_schema is not None:
+        named.append(("avro.reader_schema", settings.avro.reader_schema))
+    named.append(("mapping.rules", settings.mapping.rules))
+    for key, path in named:
+        if key == "avro.writer_schema" and settings.avro.schema_registry_url:
+            continue
+        resolved = settings.resolve(path)
+        if not resolved.is_file():
+            problems.append(f"{label}: {key}: expected an existing file, {str(path)!r} not found")
+    tls = settings.target.verify_tls
+    if isinstance(tls, Path) and not settings.resolve(tls).is_file():
+        problems.append(f"{label}: target.verify_tls: expected true, false or a CA bundle file")
+    return problems

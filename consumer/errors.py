@@ -1,0 +1,75 @@
+"""The exception tree: one root, a branch per stage, retryable vs permanent as types.
+
+A `reason` on every event-level error is a stable machine code: it becomes the DLQ's
+`error.reason` header and a metric label, so it must come from a small fixed set.
+"""
+
+from __future__ import annotations
+
+
+class ProfileConsumerError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(ProfileConsumerError):
+    """The configuration or a file it names is invalid. Carries every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class EventError(ProfileConsumerError):
+    """One event cannot be processed; it goes to the DLQ with `stage` and `reason`."""
+
+    stage: str = "unknown"
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class DecodeError(EventError):
+    """The record's bytes are not a valid event (wire format, schema, Avro body)."""
+
+    stage = "decode"
+
+
+class MappingError(EventError):
+    """The event decoded but the rules cannot turn it into a valid profile update."""
+
+    stage = "map"
+
+
+class DeliveryError(ProfileConsumerError):
+    """Sending an update to Target failed."""
+
+
+class RetryableDeliveryError(DeliveryError):
+    """Worth trying again: 408, 429, 5xx, timeouts, connection errors."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class PermanentDeliveryError(DeliveryError, EventError):
+    """Target refused the update for good (4xx, success=false, too large, retries exhausted)."""
+
+    stage = "send"
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        http_status: int | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.http_status = http_status
+        self.body = body[:512]
+        EventError.__init__(self, reason, message)
+
+
+class DeadLetterError(ProfileConsumerError):
+    """The DLQ could not be written: the event's offset must not be committed."""
