@@ -1,0 +1,136 @@
+"""Events mapped per second by Mapper.map, against a floor of plain JMESPath `search`.
+
+The floor evaluates the same compiled expressions of examples/mapping.yaml on the same events
+the plain way (`compiled.search(event, options)` for each `when`, and for the attributes and
+identity of the rules that match) with no rendering, identity checks or result building. The
+ratio mapper/floor is printed; issue 3 aims at >= 0.8. Benchmarks print; they do not assert.
+
+    .venv/bin/python benchmarks/bench_mapping.py [--events 100000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from consumer.errors import MappingError
+from consumer.mapping import Mapper, RuleSet, load_rules
+from consumer.mapping.functions import OPTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+CHANNELS = ("CALL_CENTER", "LOAN", "LOYALTY_STORE", "KIOSK")
+
+
+def make_events(count: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Decoded events (fastavro's shape), the four channels in equal parts."""
+    rnd = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return [_event(rnd, i, start) for i in range(count)]
+
+
+def _event(rnd: random.Random, i: int, start: datetime) -> dict[str, Any]:
+    channel = CHANNELS[i % 4]
+    payload: dict[str, Any]
+    if channel == "CALL_CENTER":
+        payload = {
+            "reason": rnd.choice(["billing", "card lost", "address change"]),
+            "durationSeconds": rnd.randint(10, 3600),
+            "resolved": rnd.random() < 0.7,
+            "agentTeam": rnd.choice([None, " retail ", "premium"]),
+        }
+    elif channel == "LOAN":
+        cents = rnd.randint(100_000, 50_000_000)
+        payload = {
+            "loanId": f"L{i}",
+            "product": rnd.choice(["mortgage", "car", "personal"]),
+            "amount": Decimal(cents).scaleb(-2),
+            "currency": "EUR",
+        }
+    elif channel == "LOYALTY_STORE":
+        payload = {
+            "storeId": f"S{rnd.randint(1, 500)}",
+            "tier": rnd.choice(["GOLD", "Silver", "bronze"]),
+            "pointsEarned": rnd.randint(0, 500),
+            "basketTotal": round(rnd.uniform(1, 300), 2),
+        }
+    else:
+        payload = {"kioskId": f"K{rnd.randint(1, 50)}", "location": "Lyon", "action": "print"}
+    return {
+        "eventId": f"e{i}",
+        "occurredAt": start + timedelta(milliseconds=rnd.randint(0, 10**10)),
+        "channel": channel,
+        "customer": {
+            "thirdPartyId": f"c{rnd.randint(1, 10**6)}" if rnd.random() < 0.8 else None,
+            "pcId": f"{rnd.randint(10**12, 10**13)}-575948.01_00",
+        },
+        "payload": payload,
+        "attributes": {"location_label": "Paris"} if rnd.random() < 0.5 else {},
+    }
+
+
+def floor(ruleset: RuleSet) -> Callable[[dict[str, Any]], object]:
+    """Plain `search` of the same expressions: what any JMESPath-based mapper must pay."""
+    rules = [
+        (
+            None if r.when is None else r.when.compiled,
+            [e.compiled for _, e in r.attributes],
+            None if r.identity is None else [s.expression.compiled for s in r.identity],
+        )
+        for r in ruleset.rules
+    ]
+    default_identity = [s.expression.compiled for s in ruleset.identity]
+
+    def run(event: dict[str, Any]) -> object:
+        values = []
+        identity = default_identity
+        for when, attributes, rule_identity in rules:
+            if when is not None and not when.search(event, OPTIONS):
+                continue
+            identity = rule_identity or identity
+            values.extend(a.search(event, OPTIONS) for a in attributes)
+        for source in identity:
+            if source.search(event, OPTIONS):
+                break
+        return values
+
+    return run
+
+
+def rate(func: Callable[[dict[str, Any]], object], events: list[dict[str, Any]]) -> float:
+    begin = time.perf_counter()
+    for event in events:
+        try:
+            func(event)
+        except MappingError:
+            pass
+    return len(events) / (time.perf_counter() - begin)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rules", type=Path, default=ROOT / "examples/mapping.yaml")
+    args = parser.parse_args()
+    schema = json.loads((ROOT / "schemas/offline_transaction.avsc").read_text())
+    ruleset = load_rules(args.rules, schema)
+    mapper, plain = Mapper(ruleset), floor(ruleset)
+    events = make_events(args.events)
+    # Best of N for each, interleaved, so a noisy neighbour hurts both alike.
+    mapped = max(rate(mapper.map, events) for _ in range(args.repeat))
+    base = max(rate(plain, events) for _ in range(args.repeat))
+    print(f"rules: {args.rules.name} ({len(ruleset.rules)} rules), events: {len(events)}")
+    print(f"floor  (jmespath search): {base:12,.0f} events/s")
+    print(f"Mapper.map              : {mapped:12,.0f} events/s")
+    print(f"ratio mapper/floor      : {mapped / base:12.2f}  (aim >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""`profile-consumer`: run, check, preview, simulate-target, demo.
+
+Exit codes: 0 success, 2 invalid configuration or usage, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from consumer import __version__
+from consumer.config import Settings, load_settings
+from consumer.errors import ConfigError, MappingError, PermanentDeliveryError
+
+EXIT_CONFIG = 2
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", type=Path, required=True, help="the YAML configuration file"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="profile-consumer",
+        description="Kafka offline-channel events into Adobe Target profiles.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="consume and send, in the foreground (SIGTERM drains)")
+    _config_arg(run)
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser("check", help="validate the configuration and rules; exit 2 if bad")
+    _config_arg(check)
+    check.set_defaults(handler=cmd_check)
+
+    preview = sub.add_parser("preview", help="show what an event (JSON) would send")
+    _config_arg(preview)
+    preview.add_argument("--event", required=True, help="a JSON event file, or - for stdin")
+    preview.set_defaults(handler=cmd_preview)
+
+    sim = sub.add_parser("simulate-target", help="run the Target API simulator")
+    sim.add_argument("--port", type=int, default=8080)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--client-code", default=None, help="accept only this client code")
+    sim.add_argument("--quota-limit", type=int, default=None)
+    sim.add_argument("--quota-window-seconds", type=float, default=86400.0)
+    sim.add_argument("--latency-seconds", type=float, default=0.0)
+    sim.add_argument("--error-5xx-ratio", type=float, default=0.0)
+    sim.add_argument("--error-429-ratio", type=float, default=0.0)
+    sim.add_argument("--retry-after-seconds", type=float, default=1.0)
+    sim.add_argument("--reset-ratio", type=float, default=0.0)
+    sim.add_argument("--require-token", default=None)
+    sim.set_defaults(handler=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="embedded broker + simulator + sample events, end to end")
+    demo.add_argument("--events", type=int, default=3000, help="sample events to produce")
+    demo.add_argument("--profiles", type=int, default=500, help="distinct customers")
+    demo.add_argument("--poison", type=float, default=0.03, help="share of poison records")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _load(config: Path) -> Settings:
+    return load_settings(config)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from consumer.app import build_stages
+
+    settings = _load(args.config)
+    build_stages(settings)
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from consumer import logs
+    from consumer.app import App
+
+    settings = _load(args.config)
+    logs.configure(settings.logging.level, settings.logging.mask_identities)
+    app = App(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await app.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from consumer.app import build_stages
+    from consumer.avro import load_schema
+    from consumer.mapping import event_from_json
+    from consumer.target.request import build_requests
+
+    settings = _load(args.config)
+    stages = build_stages(settings)
+    text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text("utf-8")
+    schema = load_schema(
+        settings.resolve(settings.avro.reader_schema or settings.avro.writer_schema)
+    )
+    try:
+        event = event_from_json(json.loads(text), schema)
+        update = stages.mapper.map(event)
+    except (MappingError, ValueError) as exc:
+        reason = getattr(exc, "reason", "invalid_json")
+        print(f"dead-letter: stage=map reason={reason}: {exc}")
+        return 1
+    if update is None:
+        print("no rule matched: the event would be skipped (counted, not dead-lettered)")
+        return 0
+    print(f"matched rules: {', '.join(update.rules)}")
+    print(f"identity: {update.identity_type}={update.identity}")
+    print("attributes:")
+    for name, value in update.attributes.items():
+        print(f"  profile.{name} = {value!r}")
+    try:
+        requests = build_requests(
+            stages.endpoint_url, update.identity_type, update.identity, update.attributes
+        )
+    except PermanentDeliveryError as exc:
+        print(f"dead-letter: stage=send reason={exc.reason}: {exc}")
+        return 1
+    print(f"request(s): {len(requests)}")
+    for request in requests:
+        print(f"{request.method} {request.url}")
+        if request.body:
+            print(f"  body: {request.body.decode('ascii')}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from consumer.simulator import SimulatorConfig, TargetSimulator
+
+    config = SimulatorConfig(
+        client_code=args.client_code,
+        quota_limit=args.quota_limit,
+        quota_window_seconds=args.quota_window_seconds,
+        latency_seconds=args.latency_seconds,
+        error_5xx_ratio=args.error_5xx_ratio,
+        error_429_ratio=args.error_429_ratio,
+        retry_after_seconds=args.retry_after_seconds,
+        reset_ratio=args.reset_ratio,
+        require_token=args.require_token,
+    )
+    sim = TargetSimulator(config, host=args.host, port=args.port)
+    print(f"Target simulator on http://{args.host}:{args.port}", flush=True)
+    sim.serve_forever()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from consumer.demo import run_demo
+
+    return run_demo(args.events, args.profiles, args.poison)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"profile-consumer {args.command}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

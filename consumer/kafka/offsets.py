@@ -1,0 +1,90 @@
+"""Contiguous-ack offset tracking: commit an offset only when it and all before it are done.
+
+Thread-safe: acks arrive on the event loop while rebalance callbacks run on the Kafka thread.
+Each assignment of a partition gets a new epoch, so a late ack from before a revocation is
+ignored instead of touching the new owner's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(slots=True)
+class _Partition:
+    epoch: int
+    outstanding: deque[int] = field(default_factory=deque)  # in the order read
+    done: set[int] = field(default_factory=set)
+    next_commit: int | None = None  # offset to commit (last contiguous done + 1)
+    committed: int | None = None
+
+
+class OffsetTracker:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._epochs = 0
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in tps:
+                self._epochs += 1
+                self._parts[tp] = _Partition(epoch=self._epochs)
+
+    def revoke(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Forget these partitions; returns what may still be committed for them."""
+        with self._lock:
+            out = {}
+            for tp in tps:
+                part = self._parts.pop(tp, None)
+                if part and part.next_commit is not None and part.next_commit != part.committed:
+                    out[tp] = part.next_commit
+            return out
+
+    def track(self, tp: TopicPartition, offset: int) -> int:
+        """Record a read offset; returns the epoch to hand back with its ack (-1: unassigned)."""
+        with self._lock:
+            part = self._parts.get(tp)
+            if part is None:
+                return -1
+            part.outstanding.append(offset)
+            return part.epoch
+
+    def ack(self, tp: TopicPartition, offset: int, epoch: int) -> None:
+        with self._lock:
+            part = self._parts.get(tp)
+            if part is None or part.epoch != epoch:
+                return
+            part.done.add(offset)
+            queue = part.outstanding
+            while queue and queue[0] in part.done:
+                first = queue.popleft()
+                part.done.discard(first)
+                part.next_commit = first + 1
+
+    def committable(self) -> dict[TopicPartition, int]:
+        with self._lock:
+            return {
+                tp: p.next_commit
+                for tp, p in self._parts.items()
+                if p.next_commit is not None and p.next_commit != p.committed
+            }
+
+    def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
+        with self._lock:
+            for tp, offset in offsets.items():
+                part = self._parts.get(tp)
+                if part is not None:
+                    part.committed = max(offset, part.committed or 0)
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return sum(len(p.outstanding) for p in self._parts.values())
+
+    def assigned(self) -> list[TopicPartition]:
+        with self._lock:
+            return list(self._parts)

@@ -1,0 +1,120 @@
+"""Rendering of expression results into the strings Target stores.
+
+Target keeps every profile attribute as a string, so the rendering decides what a profile
+script later sees. The rules (issue 3):
+
+- strings as they are;
+- integers and decimals in plain decimal notation, exact: a `decimal(12,2)` amount of
+  `1234.50` is sent as `1234.50`, never `1234.5` or `1.2345E+3`;
+- doubles with the shortest digits that round-trip (Python's `repr`), written without an
+  exponent so every number the consumer sends has one shape (`1e+16` is sent as
+  `10000000000000000`, `1.5e-07` as `0.00000015`);
+- booleans `true` / `false`;
+- timestamps as ISO-8601 UTC with milliseconds: `2026-11-28T17:02:50.123Z`;
+- null: no value (the attribute is left out);
+- anything else (lists, maps, bytes, NaN, infinities) cannot be sent: `UnrenderableValueError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+
+class UnrenderableValueError(ValueError):
+    """A value has no string form for Target; `kind` says what it was (never the value)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"{kind} cannot be sent to Target as an attribute value")
+
+
+def render(value: Any) -> str | None:
+    """The string Target receives for `value`, or None when the attribute is left out."""
+    # Strings are by far the most common result: test them before any dispatch.
+    if type(value) is str:
+        return value
+    if value is None:
+        return None
+    renderer = _RENDERERS.get(type(value))
+    if renderer is None:
+        renderer = _renderer_for_subclass(value)
+    return renderer(value)
+
+
+def render_timestamp(value: datetime) -> str:
+    """ISO-8601 in UTC with milliseconds; a naive datetime is taken as UTC (Avro's convention)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc)
+    # Built by hand: strftime("%Y") does not zero-pad years below 1000 on glibc.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}."
+        f"{value.microsecond // 1000:03d}Z"
+    )
+
+
+def _render_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _render_int(value: int) -> str:
+    # str(int) refuses more than 4300 digits (ValueError); no Avro long comes close.
+    return str(value)
+
+
+def _render_float(value: float) -> str:
+    if not math.isfinite(value):
+        raise UnrenderableValueError("a non-finite number (NaN or infinity)")
+    text = repr(value)
+    if "e" not in text:
+        return text
+    # repr gives the shortest round-tripping digits; Decimal re-spells them without exponent.
+    return format(Decimal(text), "f")
+
+
+def _render_decimal(value: Decimal) -> str:
+    if not value.is_finite():
+        raise UnrenderableValueError("a non-finite decimal (NaN or infinity)")
+    # "f" keeps every stored digit (1234.50 stays 1234.50) and never uses an exponent.
+    return format(value, "f")
+
+
+def _render_date(value: date) -> str:
+    return value.isoformat()
+
+
+def _reject(kind: str) -> Callable[[Any], str]:
+    def reject(_value: Any) -> str:
+        raise UnrenderableValueError(kind)
+
+    return reject
+
+
+_RENDERERS: dict[type, Callable[[Any], str]] = {
+    bool: _render_bool,
+    int: _render_int,
+    float: _render_float,
+    Decimal: _render_decimal,
+    datetime: render_timestamp,
+    date: _render_date,
+    UUID: str,
+    list: _reject("a list"),
+    dict: _reject("a map"),
+    bytes: _reject("a bytes value"),
+}
+
+
+def _renderer_for_subclass(value: Any) -> Callable[[Any], str]:
+    # Exact-type lookup missed: honour subclasses (IntEnum, str subclasses...) in the same
+    # precedence as above (bool before int, datetime before date).
+    if isinstance(value, str):
+        return str
+    for cls, renderer in _RENDERERS.items():
+        if isinstance(value, cls):
+            return renderer
+    return _reject(f"a value of type {type(value).__name__}")

@@ -1,0 +1,423 @@
+"""The mapping rules file: its format, loading and validation (issue 3).
+
+```yaml
+identity:                     # tried in order; the first non-empty value wins
+  - mbox3rdPartyId: customer.thirdPartyId
+  - mboxPC: customer.pcId
+rules:
+  - name: loan-funded         # required, unique
+    description: free text    # optional, shown by tooling
+    when: "channel == 'LOAN'" # optional JMESPath; omitted: always true
+    identity:                 # optional; replaces the top-level list for events it matches
+      - mboxPC: customer.pcId
+    attributes:               # required: profile attribute name (no "profile.") -> JMESPath
+      lastLoanAmount: payload.amount
+```
+
+`load_rules` reports EVERY problem at once, each as `FILE: rules[INDEX] (NAME): KEY: what was
+expected` (`FILE: identity[0]: ...` for the top-level identity list): unknown keys, missing or
+mistyped values, duplicate YAML keys, JMESPath syntax errors with their position, unknown
+functions and wrong argument counts, attribute names Target refuses, duplicate rule names, and
+field paths that cannot exist in the schema (see `schema_paths`).
+
+Expressions are compiled once here. Each gets an `evaluate` callable for the hot path: plain
+field chains (`payload.amount`) and `field == 'literal'` tests, the bulk of real rules, become
+direct dict lookups with JMESPath's exact semantics; everything else runs on one shared
+JMESPath interpreter instead of a new one per call as `ParsedResult.search` would create.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jmespath
+import yaml
+from jmespath.exceptions import IncompleteExpressionError, JMESPathError
+from jmespath.visitor import TreeInterpreter
+
+from consumer.errors import ConfigError
+from consumer.mapping.functions import OPTIONS, function_names, function_signature
+from consumer.mapping.schema_paths import AvroTypes, check_paths
+
+IDENTITY_TYPES = ("mbox3rdPartyId", "mboxPC")
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_TOP_KEYS = ("identity", "rules")
+_RULE_KEYS = ("name", "description", "when", "identity", "attributes")
+
+# Stateless apart from a method cache: one instance serves every expression and thread.
+_INTERPRETER = TreeInterpreter(OPTIONS)
+
+Evaluator = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A compiled JMESPath expression of a rule."""
+
+    text: str
+    compiled: Any  # jmespath.parser.ParsedResult
+    evaluate: Evaluator  # the hot-path form; same result as `search`
+
+    def search(self, value: Any) -> Any:
+        """Evaluate the plain JMESPath way (reference semantics; slower than `evaluate`)."""
+        return self.compiled.search(value, OPTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySource:
+    """One entry of an identity list: which Target id, taken from which expression."""
+
+    type: str  # "mbox3rdPartyId" or "mboxPC"
+    expression: Expression
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One validated rule."""
+
+    name: str
+    index: int
+    when: Expression | None
+    attributes: tuple[tuple[str, Expression], ...]
+    identity: tuple[IdentitySource, ...] | None
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """A validated rules file: the default identity list and the rules in file order."""
+
+    source: str
+    identity: tuple[IdentitySource, ...]
+    rules: tuple[Rule, ...]
+
+
+def load_rules(path: Path, schema: dict[str, Any], label: str | None = None) -> RuleSet:
+    """Read, validate and compile a rules file against `schema` (the parsed .avsc).
+
+    `label` names the file in messages (default: the path). Raises ConfigError listing every
+    problem found, never only the first.
+    """
+    label = str(path) if label is None else label
+    raw, problems = _read(path, label)
+    try:
+        types = AvroTypes(schema)
+    except ValueError as exc:
+        raise ConfigError([f"{label}: the schema is not usable: {exc}"]) from exc
+    loader = _Loader(label, types, problems)
+    ruleset = loader.ruleset(raw)
+    if problems or ruleset is None:
+        raise ConfigError(problems)
+    return ruleset
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that records duplicate mapping keys (PyYAML silently keeps the last)."""
+
+    duplicates: list[str]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                line = key_node.start_mark.line + 1
+                self.duplicates.append(f"line {line}: duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read(path: Path, label: str) -> tuple[Any, list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{label}: cannot read the rules file: {exc}"]) from exc
+    loader = _StrictLoader(text)
+    loader.duplicates = []
+    try:
+        raw = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{label}: not valid YAML: {exc}"]) from exc
+    finally:
+        loader.dispose()
+    return raw, [f"{label}: {dup} (each key may appear once)" for dup in loader.duplicates]
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+class _Loader:
+    """Turns the raw YAML into a RuleSet, appending every problem to `problems`."""
+
+    def __init__(self, label: str, types: AvroTypes, problems: list[str]) -> None:
+        self.label = label
+        self.types = types
+        self.problems = problems
+
+    def problem(self, where: str, key: str, expected: str) -> None:
+        self.problems.append(f"{where}: {key}: {expected}" if key else f"{where}: {expected}")
+
+    def ruleset(self, raw: Any) -> RuleSet | None:
+        if not isinstance(raw, dict):
+            self.problem(self.label, "", "expected a mapping with the keys identity and rules")
+            return None
+        self._unknown_keys(raw, _TOP_KEYS, self.label)
+        identity = self._identity(raw.get("identity"), self.label, "identity", required=True)
+        rules = self._rules(raw.get("rules"))
+        return RuleSet(source=self.label, identity=identity or (), rules=tuple(rules))
+
+    def _unknown_keys(self, raw: dict[Any, Any], allowed: tuple[str, ...], where: str) -> None:
+        for key in raw:
+            if key not in allowed:
+                self.problem(where, str(key), f"unknown key; expected one of {', '.join(allowed)}")
+
+    def _identity(
+        self, raw: Any, where: str, key: str, required: bool
+    ) -> tuple[IdentitySource, ...] | None:
+        if raw is None and not required:
+            return None
+        expected = "a non-empty list of single-key mappings, each mbox3rdPartyId or mboxPC"
+        if not isinstance(raw, list) or not raw:
+            self.problem(where, key, f"expected {expected}")
+            return None
+        sources = []
+        for index, item in enumerate(raw):
+            # Top level: "FILE: identity[0]: KEY"; in a rule: "...: identity[0].KEY".
+            item_where = f"{where}: {key}[{index}]" if where == self.label else where
+            item_key = "" if where == self.label else f"{key}[{index}]"
+            source = self._identity_source(item, item_where, item_key, expected)
+            if source is not None:
+                sources.append(source)
+        return tuple(sources)
+
+    def _identity_source(
+        self, item: Any, where: str, key: str, expected: str
+    ) -> IdentitySource | None:
+        if not isinstance(item, dict) or len(item) != 1:
+            self.problem(where, key, f"expected {expected}")
+            return None
+        ((id_type, text),) = item.items()
+        id_key = f"{key}.{id_type}" if key else str(id_type)
+        if id_type not in IDENTITY_TYPES:
+            self.problem(where, id_key, f"unknown identity type; expected {expected}")
+            return None
+        expression = self._expression(text, where, id_key)
+        return None if expression is None else IdentitySource(id_type, expression)
+
+    def _rules(self, raw: Any) -> list[Rule]:
+        if not isinstance(raw, list) or not raw:
+            self.problem(self.label, "rules", "expected a non-empty list of rules")
+            return []
+        rules: list[Rule] = []
+        first_index: dict[str, int] = {}
+        for index, item in enumerate(raw):
+            name = item.get("name") if isinstance(item, dict) else None
+            shown = name if isinstance(name, str) and name.strip() else "unnamed"
+            where = f"{self.label}: rules[{index}] ({shown})"
+            if isinstance(name, str) and name in first_index:
+                self.problem(
+                    where, "name", f"expected a unique name; rules[{first_index[name]}] has it"
+                )
+            elif isinstance(name, str):
+                first_index[name] = index
+            rule = self._rule(item, index, where)
+            if rule is not None:
+                rules.append(rule)
+        return rules
+
+    def _rule(self, raw: Any, index: int, where: str) -> Rule | None:
+        if not isinstance(raw, dict):
+            self.problem(where, "", "expected a mapping with name, when and attributes")
+            return None
+        self._unknown_keys(raw, _RULE_KEYS, where)
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip():
+            self.problem(where, "name", "expected a non-empty string")
+        description = raw.get("description")
+        if description is not None and not isinstance(description, str):
+            self.problem(where, "description", "expected a string")
+        when = None
+        if "when" in raw:
+            when = self._expression(raw.get("when"), where, "when")
+        identity = self._identity(raw.get("identity"), where, "identity", required=False)
+        attributes = self._attributes(raw.get("attributes"), where)
+        if not isinstance(name, str) or attributes is None:
+            return None
+        return Rule(
+            name=name,
+            index=index,
+            when=when,
+            attributes=attributes,
+            identity=identity,
+            description=description if isinstance(description, str) else None,
+        )
+
+    def _attributes(self, raw: Any, where: str) -> tuple[tuple[str, Expression], ...] | None:
+        if not isinstance(raw, dict) or not raw:
+            self.problem(
+                where, "attributes", "expected a non-empty mapping of attribute name to expression"
+            )
+            return None
+        out = []
+        for name, text in raw.items():
+            key = f"attributes.{name}"
+            if not isinstance(name, str) or not ATTRIBUTE_NAME.match(name):
+                self.problem(
+                    where,
+                    key,
+                    "expected an attribute name matching ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+                )
+                continue
+            if name.startswith("profile."):
+                self.problem(
+                    where, key, "expected the name without 'profile.' (it is added when sending)"
+                )
+                continue
+            expression = self._expression(text, where, key)
+            if expression is not None:
+                out.append((name, expression))
+        return tuple(out)
+
+    def _expression(self, text: Any, where: str, key: str) -> Expression | None:
+        if not isinstance(text, str) or not text.strip():
+            self.problem(
+                where,
+                key,
+                "expected a JMESPath expression (a non-empty string); "
+                "a constant is a quoted literal, e.g. \"'true'\"",
+            )
+            return None
+        try:
+            compiled = jmespath.compile(text)
+        except JMESPathError as exc:
+            self.problem(where, key, f"{_syntax_error(exc, text)} in {text!r}")
+            return None
+        found = _function_problems(compiled.parsed) + check_paths(compiled.parsed, self.types)
+        for message in found:
+            self.problem(where, key, message)
+        if found:
+            return None
+        return Expression(text, compiled, compile_evaluator(compiled.parsed))
+
+
+def _syntax_error(exc: JMESPathError, text: str) -> str:
+    position = getattr(exc, "lex_position", None)
+    if isinstance(exc, IncompleteExpressionError):
+        detail = "incomplete expression (it ends too early)"
+    else:
+        # LexerError keeps its explanation in `message`; ParseError in `msg`.
+        detail = getattr(exc, "message", None) or getattr(exc, "msg", None) or str(exc)
+    where = len(text) if position is None else position
+    return f"JMESPath syntax error at position {where}: {detail}"
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for child in node.get("children", []):
+            yield from _walk(child)
+
+
+def _function_problems(parsed: dict[str, Any]) -> list[str]:
+    problems = []
+    for node in _walk(parsed):
+        if node["type"] != "function_expression":
+            continue
+        name = node["value"]
+        signature = function_signature(name)
+        if signature is None:
+            problems.append(f"unknown function {name}(); available: {', '.join(function_names())}")
+            continue
+        given = len(node["children"])
+        variadic = bool(signature and signature[-1].get("variadic"))
+        if (variadic and given < len(signature)) or (not variadic and given != len(signature)):
+            least = "at least " if variadic else ""
+            problems.append(
+                f"function {name}() takes {least}{len(signature)} argument(s), got {given}"
+            )
+    return problems
+
+
+# --- hot-path evaluators -------------------------------------------------------------------
+
+
+def compile_evaluator(parsed: dict[str, Any]) -> Evaluator:
+    """A callable giving the same result as the JMESPath interpreter for this AST."""
+    chain = _field_chain(parsed)
+    if chain is not None:
+        return _getter(chain)
+    if parsed["type"] == "comparator" and parsed["value"] in ("eq", "ne"):
+        left, right = parsed["children"]
+        if right["type"] == "literal":
+            left, right = right, left
+        chain = _field_chain(right)
+        # JMESPath's equality special-cases only numbers vs booleans; with a string literal
+        # it is plain ==, so a direct comparison is exact.
+        if chain is not None and left["type"] == "literal" and type(left["value"]) is str:
+            return _string_test(_getter(chain), left["value"], parsed["value"] == "eq")
+    if parsed["type"] == "literal":
+        constant = parsed["value"]
+        return lambda _event: constant
+    return partial(_INTERPRETER.visit, parsed)
+
+
+def _field_chain(node: dict[str, Any]) -> tuple[str, ...] | None:
+    if node["type"] == "field":
+        return (node["value"],)
+    if node["type"] != "subexpression":
+        return None
+    names: list[str] = []
+    for child in node["children"]:
+        part = _field_chain(child)
+        if part is None:
+            return None
+        names.extend(part)
+    return tuple(names)
+
+
+def _getter(keys: tuple[str, ...]) -> Evaluator:
+    # JMESPath's field step is `value.get(name)`, None when the value has no .get: same here.
+    if len(keys) == 1:
+        (key,) = keys
+
+        def get_one(value: Any) -> Any:
+            try:
+                return value.get(key)
+            except AttributeError:
+                return None
+
+        return get_one
+    if len(keys) == 2:
+        first, second = keys
+
+        def get_two(value: Any) -> Any:
+            try:
+                return value.get(first).get(second)
+            except AttributeError:
+                return None
+
+        return get_two
+
+    def get_many(value: Any) -> Any:
+        try:
+            for key in keys:
+                value = value.get(key)
+        except AttributeError:
+            return None
+        return value
+
+    return get_many
+
+
+def _string_test(get: Evaluator, literal: str, equal: bool) -> Evaluator:
+    if equal:
+        return lambda event: get(event) == literal
+    return lambda event: get(event) != literal

@@ -1,0 +1,210 @@
+"""The data path from a consumed record to its outcome: decode, map, coalesce, send, ack.
+
+Every record read is `buffered` until it is finished: sent (Target accepted its update),
+skipped (no rule matched) or dead-lettered (the DLQ has it). Only then is it acked to the
+offset tracker, so a commit never passes an unfinished event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from consumer.avro import Decoder
+from consumer.coalesce import Batch, Coalescer
+from consumer.errors import DecodeError, EventError, MappingError, PermanentDeliveryError
+from consumer.kafka.dlq import SourceRecord
+from consumer.kafka.offsets import OffsetTracker
+from consumer.mapping import Mapper
+from consumer.metrics import Metrics
+from consumer.quota import Clock
+from consumer.target.request import TargetRequest, build_requests
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetterSink(Protocol):
+    async def write(self, record: SourceRecord, error: EventError) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EventRef:
+    record: SourceRecord
+    epoch: int
+
+
+class Pipeline:
+    def __init__(
+        self,
+        decoder: Decoder,
+        mapper: Mapper,
+        deliver: Callable[[TargetRequest], Awaitable[None]],
+        dlq: DeadLetterSink,
+        tracker: OffsetTracker,
+        metrics: Metrics,
+        endpoint_url: str,
+        coalesce_window_seconds: float,
+        max_in_flight: int,
+        clock: Clock,
+    ) -> None:
+        self._decoder = decoder
+        self._mapper = mapper
+        self._deliver = deliver
+        self._dlq = dlq
+        self._tracker = tracker
+        self._metrics = metrics
+        self._endpoint = endpoint_url
+        self._coalescer: Coalescer[EventRef] = Coalescer(coalesce_window_seconds)
+        self._max_in_flight = max_in_flight
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.buffered = 0
+        self._sending = 0
+
+    # --- intake ---------------------------------------------------------------------------
+
+    def submit(self, record: SourceRecord) -> None:
+        """Take one consumed record; decode and map now, send later."""
+        self._metrics.events_consumed.labels(record.topic).inc()
+        epoch = self._tracker.track((record.topic, record.partition), record.offset)
+        ref = EventRef(record, epoch)
+        self._add_buffered(1)
+        try:
+            event = self._decoder.decode(record.value)
+            update = self._mapper.map(event)
+        except (DecodeError, MappingError) as exc:
+            self._spawn(self._dead_letter([ref], exc))
+            return
+        if update is None:
+            self._metrics.events.labels("skipped").inc()
+            self._finish([ref])
+            return
+        self._metrics.events.labels("mapped").inc()
+        key = (update.identity_type, update.identity)
+        if self._coalescer.add(key, update.attributes, ref, self._clock()):
+            self._metrics.coalesced_events.inc()
+        self._wake.set()
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send due batches, at most max_in_flight at once, until cancelled."""
+        while True:
+            free = self._max_in_flight - self._sending
+            if free > 0:
+                for batch in self._coalescer.pop_ready(self._clock(), free):
+                    self._sending += 1
+                    self._metrics.in_flight.set(self._sending)
+                    self._spawn(self._send(batch))
+            self._wake.clear()
+            due = self._coalescer.next_due()
+            timeout = None if due is None or free <= 0 else max(0.0, due - self._clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _send(self, batch: Batch[EventRef]) -> None:
+        try:
+            requests = build_requests(
+                self._endpoint, batch.identity_type, batch.identity, batch.attributes
+            )
+            if len(requests) > 1:
+                self._metrics.split_requests.inc(len(requests) - 1)
+            for request in requests:
+                await self._deliver(request)
+        except PermanentDeliveryError as exc:
+            result = "exhausted" if exc.reason == "retries_exhausted" else "rejected"
+            self._metrics.updates_sent.labels(result).inc()
+            await self._dead_letter(batch.refs, exc)
+        else:
+            self._metrics.updates_sent.labels("success").inc()
+            self._observe_latency(batch.refs)
+            self._finish(batch.refs)
+        finally:
+            self._coalescer.done(batch.key)
+            self._sending -= 1
+            self._metrics.in_flight.set(self._sending)
+            self._wake.set()
+
+    async def _dead_letter(self, refs: list[EventRef], error: EventError) -> None:
+        for ref in refs:
+            await self._dlq.write(ref.record, error)
+            self._finish([ref])
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def _finish(self, refs: list[EventRef]) -> None:
+        for ref in refs:
+            record = ref.record
+            self._tracker.ack((record.topic, record.partition), record.offset, ref.epoch)
+        self._add_buffered(-len(refs))
+
+    def _add_buffered(self, delta: int) -> None:
+        self.buffered += delta
+        self._metrics.buffered_events.set(self.buffered)
+        if self.buffered == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    def _observe_latency(self, refs: list[EventRef]) -> None:
+        now = time.time()
+        for ref in refs:
+            if ref.record.timestamp_ms:
+                self._metrics.event_to_update.observe(
+                    max(0.0, now - ref.record.timestamp_ms / 1000)
+                )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "pipeline task failed",
+                exc_info=task.exception(),
+                extra={"event": "task_failed"},
+            )
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> bool:
+        """Send what waits now, wait up to `timeout` for everything to finish."""
+        self._coalescer.flush()
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def abandon(self) -> None:
+        """Cancel whatever is still in flight; its offsets stay uncommitted (re-sent later)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def source_record(message: Any) -> SourceRecord:
+    """Copy what the pipeline needs out of a confluent_kafka.Message."""
+    kind, ts = message.timestamp()
+    return SourceRecord(
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        key=message.key(),
+        value=message.value(),
+        headers=message.headers(),
+        timestamp_ms=ts if kind else None,
+    )

@@ -1,0 +1,1 @@
+"""Send stage: building requests, talking to Target (retries, circuit), reading answers."""

@@ -1,0 +1,97 @@
+"""One HTTP attempt to Target, classified: success, retryable or permanent.
+
+Retrying, pacing and the circuit live in `delivery.py`; this module only knows HTTP. The token
+goes in a header and nowhere else: error messages carry the status and method, never the URL
+(it holds the identity) nor the headers.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+
+import httpx
+
+from consumer.errors import PermanentDeliveryError, RetryableDeliveryError
+from consumer.metrics import Metrics
+from consumer.target.request import FORM, TargetRequest
+from consumer.target.response import parse_answer
+
+RETRYABLE_STATUS = frozenset({408, 429})
+
+
+class TargetClient:
+    """Sends one request at a time per call; share one instance (one connection pool)."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        metrics: Metrics,
+        token: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._http = http
+        self._metrics = metrics
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._wall_clock = wall_clock
+
+    async def send(self, request: TargetRequest) -> None:
+        """Returns when Target accepted the update; raises a typed DeliveryError otherwise."""
+        headers = dict(self._headers)
+        if request.method == "POST":
+            headers["Content-Type"] = FORM
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(
+                request.method, request.url, content=request.body or None, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            self._count(request.method, "error")
+            raise RetryableDeliveryError("timeout", f"{request.method} timed out") from exc
+        except httpx.TransportError as exc:
+            self._count(request.method, "error")
+            raise RetryableDeliveryError(
+                "connection", f"{request.method} failed: {type(exc).__name__}"
+            ) from exc
+        finally:
+            self._metrics.http_duration.labels(request.method).observe(
+                time.perf_counter() - started
+            )
+        self._count(request.method, f"{response.status_code // 100}xx")
+        self._classify(request.method, response)
+
+    def _classify(self, method: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if status in RETRYABLE_STATUS or status >= 500:
+            raise RetryableDeliveryError(
+                f"http_{status}" if status < 500 else "http_5xx",
+                f"{method} answered HTTP {status}",
+                retry_after=self.retry_after(response.headers.get("Retry-After")),
+            )
+        answer = parse_answer(response.content)
+        if 200 <= status < 300 and answer is not None and answer.success:
+            return
+        if 200 <= status < 300:
+            reason, why = "rejected", "success is not true" if answer else "not the documented XML"
+        else:
+            reason, why = f"http_{status}", f"HTTP {status}"
+        raise PermanentDeliveryError(
+            reason, f"{method} refused: {why}", http_status=status, body=response.content
+        )
+
+    def retry_after(self, value: str | None) -> float | None:
+        """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+        if not value:
+            return None
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - self._wall_clock())
+
+    def _count(self, method: str, code: str) -> None:
+        self._metrics.http_requests.labels(method, code).inc()
