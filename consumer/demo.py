@@ -17,13 +17,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from consumer.app import App
 from consumer.avro import Encoder, load_schema
 from consumer.config import Settings, load_settings
-from consumer.embedded import EmbeddedBroker
+from consumer.embedded import EmbeddedBroker, read_topic
 from consumer.samples import poison_bytes, poison_event, sample_events
 from consumer.simulator import SimulatorConfig, TargetSimulator
 
@@ -81,28 +81,12 @@ def produce_demo_records(
     return valid, sent_poison
 
 
-def read_dlq(bootstrap: str, timeout: float = 10.0) -> Counter[str]:
+def read_dlq(bootstrap: str, expected: int) -> Counter[str]:
     """Every DLQ record's `error.reason`, read back from the topic."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "demo-dlq-reader", "enable.auto.commit": False}
-    )
     reasons: Counter[str] = Counter()
-    metadata = consumer.list_topics(DLQ, timeout=timeout)
-    partitions = metadata.topics[DLQ].partitions if DLQ in metadata.topics else {}
-    tps = [TopicPartition(DLQ, p, 0) for p in partitions]
-    ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in tps}
-    consumer.assign(tps)
-    remaining = sum(ends.values())
-    deadline = time.monotonic() + timeout
-    while remaining > 0 and time.monotonic() < deadline:
-        for message in consumer.consume(500, 0.5):
-            if message.error():
-                continue
-            remaining -= 1
-            headers = dict(message.headers() or [])
-            reason = headers.get("error.reason")
-            reasons[reason.decode() if isinstance(reason, bytes) else "?"] += 1
-    consumer.close()
+    for message in read_topic(bootstrap, DLQ, expected=expected):
+        reason = dict(message.headers() or []).get("error.reason")
+        reasons[reason.decode() if isinstance(reason, bytes) else "?"] += 1
     return reasons
 
 
@@ -121,9 +105,11 @@ async def _run_until_done(app: App, produced: int, timeout: float) -> None:
 
 def run_demo(events: int = 3000, profiles: int = 500, poison: float = 0.03) -> int:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(
-        log_path=Path(tmp) / "broker.log"
-    ) as broker, TargetSimulator(SimulatorConfig()) as sim:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker,
+        TargetSimulator(SimulatorConfig()) as sim,
+    ):
         print(f"broker {broker.bootstrap} (Tansu), Target simulator {sim.url}")
         broker.create_topics({TOPIC: 3, DLQ: 1})
         settings = demo_settings(broker.bootstrap, sim.url)
@@ -135,7 +121,7 @@ def run_demo(events: int = 3000, profiles: int = 500, poison: float = 0.03) -> i
         app = App(settings, CollectorRegistry())
         asyncio.run(_run_until_done(app, events, timeout=120))
         elapsed = time.monotonic() - started
-        dlq = read_dlq(broker.bootstrap)
+        dlq = read_dlq(broker.bootstrap, sum(sent_poison.values()))
         return _summary(app, sim, valid, sent_poison, dlq, elapsed)
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -52,6 +53,35 @@ def create_topics(bootstrap: str, topics: dict[str, int], timeout: float = 15.0)
         except Exception as exc:  # noqa: BLE001 - only "already exists" is fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
+
+
+def read_topic(
+    bootstrap: str, topic: str, expected: int | None = None, idle: float = 1.0
+) -> list[Message]:
+    """A topic's records from the beginning: until `expected` arrived, or `idle` s of silence.
+
+    Not bounded by ListOffsets: Tansu answers "latest" with the last batch's base offset + 1.
+    """
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False}
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        partitions = meta.topics[topic].partitions if topic in meta.topics else {}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        out: list[Message] = []
+        quiet_since = time.monotonic()
+        limit = 30.0 if expected is not None else idle
+        while expected is None or len(out) < expected:
+            batch = [m for m in consumer.consume(500, 0.1) if m.error() is None]
+            out += batch
+            if batch:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > limit:
+                break
+        return out
+    finally:
+        consumer.close()
 
 
 class EmbeddedBroker:

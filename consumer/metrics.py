@@ -119,7 +119,8 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(
-            p + "ready", "1 when config is loaded, the group joined, the broker reachable.",
+            p + "ready",
+            "1 when config is loaded, the group joined, the broker reachable.",
             registry=r,
         )
         self.last_poll = Gauge(

@@ -24,6 +24,9 @@ Target's, only on them being reasonable):
   (``scheme://`` + ``Host`` header + request target) exceeds 8,192 bytes, 415 a non-empty body
   that is not form-encoded, 429 over quota with ``Retry-After`` = whole seconds (at least 1)
   until enough in-window updates leave the window, 431 request head over 64 KiB.
+* Checks run in this order, first refusal wins: down/reset, 413, injected 429, injected 503,
+  405, 404, 401, 414, 415, 400, quota 429; else 200. Every answered update request is recorded
+  (``ReceivedUpdate``), with what could be parsed from it; resets are only counted.
 * Duplicate parameter names (also across query string and body), unknown non-``profile.``
   parameters and empty attribute names are 400: this is what lets tests detect parameter
   injection. The real API may silently accept some of these.
@@ -648,6 +651,10 @@ class TargetSimulator:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
             pass  # the client went away or we reset it: nothing left to answer
+        except asyncio.CancelledError:
+            # stop() while this connection waits (latency, keep-alive): ending quietly, since
+            # asyncio's stream callback logs an error for every cancelled handler task.
+            pass
         except Exception:
             log.exception("simulator failed to serve a request")
         finally:

@@ -141,4 +141,3 @@ class DeadLetterWriter:
 def _resolve(future: asyncio.Future[str | None], outcome: str | None) -> None:
     if not future.done():
         future.set_result(outcome)
-

@@ -207,4 +207,3 @@ class KafkaSource:
 
 def _names(tps: list[TP]) -> list[str]:
     return [f"{t}[{p}]" for t, p in tps]
-

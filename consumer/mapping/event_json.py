@@ -109,8 +109,9 @@ class _Converter:
     _double = _float
 
     def _string(self, value: Any, _t: Any, path: str) -> str:
-        if not isinstance(value, str):
-            raise _Mismatch(path, "a string")
+        if not isinstance(value, str) or not _is_utf8(value):
+            # JSON's "\ud800" escapes give lone surrogates: Avro (UTF-8) cannot carry them.
+            raise _Mismatch(path, "a string of valid Unicode text")
         return value
 
     def _bytes(self, value: Any, avro_type: Any, path: str) -> bytes:
@@ -147,6 +148,9 @@ class _Converter:
         if not isinstance(value, dict):
             raise _Mismatch(path, "an object (Avro map)")
         values = avro_type["values"]
+        for key in value:
+            if not _is_utf8(str(key)):
+                raise _Mismatch(path, "keys of valid Unicode text")
         return {
             str(key): self.convert(item, values, _join(path, str(key)))
             for key, item in value.items()
@@ -297,6 +301,14 @@ def _date(value: Any, path: str) -> date:
         return date(1970, 1, 1) + timedelta(days=value)
     except OverflowError:
         raise _Mismatch(path, "a date between years 1 and 9999") from None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _join(path: str, name: str) -> str:

@@ -85,8 +85,11 @@ class TargetClient:
         if not value:
             return None
         value = value.strip()
-        if value.isdigit():
-            return float(value)
+        try:
+            # RFC 9110 says whole seconds; a decimal is read too rather than ignored.
+            return max(0.0, float(value))
+        except ValueError:
+            pass
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):

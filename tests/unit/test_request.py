@@ -19,7 +19,10 @@ def params(request) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
 def test_small_updates_are_a_get_with_identity_first() -> None:
     (req,) = build_requests(URL, "mbox3rdPartyId", "c1", {"a": "1", "b": "x y"})
     assert req.method == "GET"
-    assert req.url == "http://127.0.0.1:1/m2/acme/profile/update?mbox3rdPartyId=c1&profile.a=1&profile.b=x%20y"
+    assert (
+        req.url
+        == "http://127.0.0.1:1/m2/acme/profile/update?mbox3rdPartyId=c1&profile.a=1&profile.b=x%20y"
+    )
 
 
 def test_url_of_exactly_8192_bytes_is_a_get_one_more_is_a_post() -> None:
@@ -67,7 +70,9 @@ def test_no_value_can_add_remove_or_change_another_parameter(
     assert params(req) == expected
 
 
-@pytest.mark.parametrize("nasty", ["a&profile.b=c", "x=y", "1+1", "100%", "#frag", "l1\nl2", "東京", "🙂"])
+@pytest.mark.parametrize(
+    "nasty", ["a&profile.b=c", "x=y", "1+1", "100%", "#frag", "l1\nl2", "東京", "🙂"]
+)
 def test_injection_characters_stay_inside_their_value(nasty: str) -> None:
     (req,) = build_requests(URL, "mbox3rdPartyId", nasty, {"a": nasty})
     assert params(req) == [("mbox3rdPartyId", nasty), ("profile.a", nasty)]

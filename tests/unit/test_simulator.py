@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -580,6 +582,25 @@ def test_restart_keeps_the_port() -> None:
         assert response.status_code == 200
     finally:
         simulator.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_with_an_ssl_context(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    trust = ssl.create_default_context(cafile=str(cert))
+
+    with TargetSimulator(ssl_context=context) as simulator, httpx.Client(verify=trust) as http:
+        assert simulator.url.startswith("https://127.0.0.1:")
+        response = http.get(f"{simulator.url}/m2/x/profile/update?mboxPC=p")
+    assert "<pcId>p</pcId>" in response.text
 
 
 def test_command_line_serves_until_sigterm() -> None:

@@ -1,0 +1,35 @@
+# One entry point for developers and CI. Every target creates the venv on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## embedded broker + Target simulator + sample events, end to end
+	$(BIN)/profile-consumer demo
+
+test: $(STAMP)  ## every test: unit, integration (real broker), e2e, slow scenarios
+	$(BIN)/pytest -p no:cacheprovider -q
+
+test-fast: $(STAMP)  ## unit tests only
+	$(BIN)/pytest -p no:cacheprovider -q -m unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check consumer
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## prints figures and ratios; never pass/fail
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
