@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from consumer import __version__
+from consumer import __version__, simulator
 from consumer.config import Settings, load_settings
 from consumer.errors import ConfigError, MappingError, PermanentDeliveryError
 
@@ -48,18 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(handler=cmd_preview)
 
     sim = sub.add_parser("simulate-target", help="run the Target API simulator")
-    sim.add_argument("--port", type=int, default=8080)
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--client-code", default=None, help="accept only this client code")
-    sim.add_argument("--quota-limit", type=int, default=None)
-    sim.add_argument("--quota-window-seconds", type=float, default=86400.0)
-    sim.add_argument("--latency-seconds", type=float, default=0.0)
-    sim.add_argument("--error-5xx-ratio", type=float, default=0.0)
-    sim.add_argument("--error-429-ratio", type=float, default=0.0)
-    sim.add_argument("--retry-after-seconds", type=float, default=1.0)
-    sim.add_argument("--reset-ratio", type=float, default=0.0)
-    sim.add_argument("--require-token", default=None)
-    sim.set_defaults(handler=cmd_simulate)
+    simulator.add_arguments(sim)
+    sim.set_defaults(handler=simulator.serve)
 
     demo = sub.add_parser("demo", help="embedded broker + simulator + sample events, end to end")
     demo.add_argument("--events", type=int, default=3000, help="sample events to produce")
@@ -140,26 +130,6 @@ def cmd_preview(args: argparse.Namespace) -> int:
         print(f"{request.method} {request.url}")
         if request.body:
             print(f"  body: {request.body.decode('ascii')}")
-    return 0
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from consumer.simulator import SimulatorConfig, TargetSimulator
-
-    config = SimulatorConfig(
-        client_code=args.client_code,
-        quota_limit=args.quota_limit,
-        quota_window_seconds=args.quota_window_seconds,
-        latency_seconds=args.latency_seconds,
-        error_5xx_ratio=args.error_5xx_ratio,
-        error_429_ratio=args.error_429_ratio,
-        retry_after_seconds=args.retry_after_seconds,
-        reset_ratio=args.reset_ratio,
-        require_token=args.require_token,
-    )
-    sim = TargetSimulator(config, host=args.host, port=args.port)
-    print(f"Target simulator on http://{args.host}:{args.port}", flush=True)
-    sim.serve_forever()
     return 0
 
 

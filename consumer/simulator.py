@@ -122,8 +122,12 @@ class SimulatorConfig:
 
 
 _RATIOS = ("latency_spike_ratio", "error_5xx_ratio", "error_429_ratio", "reset_ratio")
-_SECONDS = ("quota_window_seconds", "latency_seconds", "latency_spike_seconds",
-            "retry_after_seconds")
+_SECONDS = (
+    "quota_window_seconds",
+    "latency_seconds",
+    "latency_spike_seconds",
+    "retry_after_seconds",
+)
 _OPTIONAL_INTS = ("quota_limit", "seed", "max_records")
 _OPTIONAL_STRS = ("client_code", "require_token")
 
@@ -370,7 +374,7 @@ def _parse_update(query: str, body: bytes | None) -> _Update:
                 update.error = update.error or "exactly one of mbox3rdPartyId or mboxPC is allowed"
             update.identity_type, update.identity = name, value
         elif name.startswith(PROFILE_PREFIX):
-            update.attributes[name[len(PROFILE_PREFIX):]] = value
+            update.attributes[name[len(PROFILE_PREFIX) :]] = value
         else:
             update.error = update.error or f"unknown parameter: {name}"
     update.error = update.error or _identity_error(update) or _attribute_error(update)
@@ -486,8 +490,9 @@ class TargetSimulator:
             raise RuntimeError("simulator already started")
         self._ready.clear()
         self._startup_error = None
-        self._thread = threading.Thread(target=self._thread_main, name="target-simulator",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._thread_main, name="target-simulator", daemon=True
+        )
         self._thread.start()
         self._ready.wait()
         if self._startup_error is not None:
@@ -551,8 +556,12 @@ class TargetSimulator:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         server = await asyncio.start_server(
-            self._handle_connection, self.host, self.port,
-            limit=MAX_HEAD_BYTES, ssl=self._ssl, backlog=1024,
+            self._handle_connection,
+            self.host,
+            self.port,
+            limit=MAX_HEAD_BYTES,
+            ssl=self._ssl,
+            backlog=1024,
         )
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -773,8 +782,9 @@ class TargetSimulator:
             )
         if draws.error_429:
             seconds = config.retry_after_seconds
-            response = _failure(429, "too many requests (injected)",
-                                **{"Retry-After": _format_retry_after(seconds)})
+            response = _failure(
+                429, "too many requests (injected)", **{"Retry-After": _format_retry_after(seconds)}
+            )
             return dataclasses.replace(response, retry_after=seconds)
         if draws.error_5xx:
             return _failure(503, "service unavailable (injected)")
@@ -783,8 +793,9 @@ class TargetSimulator:
         if not _is_update_path(head.path, config.client_code):
             return _failure(404, "not found")
         if config.require_token is not None and not self._authorized(head, config.require_token):
-            return _failure(401, "missing or invalid profile API token",
-                            **{"WWW-Authenticate": "Bearer"})
+            return _failure(
+                401, "missing or invalid profile API token", **{"WWW-Authenticate": "Bearer"}
+            )
         if head.method == "GET" and self._full_url_bytes(head) > MAX_GET_URL_BYTES:
             return _failure(414, f"URL exceeds {MAX_GET_URL_BYTES} bytes")
         content_type = head.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -811,8 +822,9 @@ class TargetSimulator:
             seconds = float(max(1, math.ceil(leaves_at - at)))
         else:
             seconds = float(max(1, math.ceil(config.quota_window_seconds)))
-        response = _failure(429, "profile update quota exceeded",
-                            **{"Retry-After": _format_retry_after(seconds)})
+        response = _failure(
+            429, "profile update quota exceeded", **{"Retry-After": _format_retry_after(seconds)}
+        )
         return dataclasses.replace(response, retry_after=seconds)
 
     @staticmethod
@@ -831,9 +843,7 @@ class TargetSimulator:
     def _pc_id(update: _Update) -> str:
         return update.identity if update.identity_type == "mboxPC" else ""
 
-    def _record(
-        self, at: float, method: str, update: _Update, status: int, accepted: bool
-    ) -> None:
+    def _record(self, at: float, method: str, update: _Update, status: int, accepted: bool) -> None:
         """Store the record and wake waiters; the caller holds the lock."""
         record = ReceivedUpdate(
             at=at,
@@ -861,8 +871,9 @@ class TargetSimulator:
     ) -> bool:
         body = await self._read_body(reader, head, MAX_ADMIN_BODY_BYTES)
         if body is None:
-            response = dataclasses.replace(_json_response({"error": "body too large"}, 413),
-                                           close=True)
+            response = dataclasses.replace(
+                _json_response({"error": "body too large"}, 413), close=True
+            )
         else:
             response = self._admin(head.method, head.path, body)
         await conn.send(response, head.keep_alive)
@@ -901,11 +912,8 @@ class TargetSimulator:
 # --- command line ----------------------------------------------------------------------------
 
 
-def _argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m consumer.simulator",
-        description="Adobe Target Single Profile Update API simulator (loopback).",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's options, shared by `python -m consumer.simulator` and the CLI."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--client-code")
@@ -914,16 +922,25 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-seconds", type=float, default=0.0)
     parser.add_argument("--require-token")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--config-json", default="{}",
-                        help="any other SimulatorConfig fields, as a JSON object")
+    parser.add_argument(
+        "--config-json", default="{}", help="any other SimulatorConfig fields, as a JSON object"
+    )
     parser.add_argument("--ssl-cert", help="PEM certificate: serve https")
     parser.add_argument("--ssl-key", help="PEM private key for --ssl-cert")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; prints its URL as the first stdout line."""
-    args = _argument_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer.simulator",
+        description="Adobe Target Single Profile Update API simulator (loopback).",
+    )
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the simulator from parsed options until SIGINT/SIGTERM; prints its URL first."""
     config = SimulatorConfig(
         client_code=args.client_code,
         quota_limit=args.quota_limit,
