@@ -39,7 +39,9 @@ Target's, only on them being reasonable):
 * Injected 429s send ``retry_after_seconds`` as given: an integer when whole, else a decimal
   (``0.25``) so tests can retry quickly; HTTP only defines integers, so clients should parse both.
 * ``early_requests``: the server remembers the latest "not before" instant it has told any
-  client (time a 429 was written + its Retry-After); an update request arriving before it counts.
+  client (time a 429 was written + its Retry-After); an update request arriving before it counts,
+  unless it arrived within ``early_grace_seconds`` (default 50 ms) of that 429 being written:
+  such requests were already on the wire when the client could learn of the 429.
 * Admin endpoints under ``/_sim/`` (records, profiles, stats, config, reset) are never subject
   to faults, tokens or ``down``, so an out-of-process test can always steer the server.
 
@@ -119,10 +121,14 @@ class SimulatorConfig:
     seed: int | None = None
     max_records: int | None = None  # keep only the latest N records (long benchmarks); counters
     # and profiles are unaffected
+    # Requests arriving this soon after a 429 was written were already on the wire when the
+    # client could learn of it: they are not counted as early.
+    early_grace_seconds: float = 0.05
 
 
 _RATIOS = ("latency_spike_ratio", "error_5xx_ratio", "error_429_ratio", "reset_ratio")
 _SECONDS = (
+    "early_grace_seconds",
     "quota_window_seconds",
     "latency_seconds",
     "latency_spike_seconds",
@@ -473,6 +479,7 @@ class TargetSimulator:
         self._resets = 0
         self._rejected: Counter[int] = Counter()
         self._not_before = -math.inf
+        self._told_at = -math.inf
         self._early = 0
 
     # -- lifecycle
@@ -726,7 +733,7 @@ class TargetSimulator:
         """Timestamp the request, count it early if it is, and throw the fault dice."""
         with self._lock:
             at = self._clock()
-            if at < self._not_before:
+            if self._told_at + self._config.early_grace_seconds <= at < self._not_before:
                 self._early += 1
             config = self._config
             rng = self._rng
@@ -745,7 +752,9 @@ class TargetSimulator:
 
     def _note_retry_after(self, seconds: float) -> None:
         with self._lock:
-            self._not_before = max(self._not_before, self._clock() + seconds)
+            now = self._clock()
+            self._told_at = now
+            self._not_before = max(self._not_before, now + seconds)
 
     def _reset_update_connections(self) -> None:
         for conn in list(self._connections):
