@@ -83,7 +83,9 @@ def rendered(chart: helm.Chart) -> dict[str, list[dict[str, Any]]]:
 
 
 def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    found = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
     return found[0]
 
@@ -182,9 +184,10 @@ def test_every_object_is_labelled_and_namespaced(
         assert labels["app.kubernetes.io/name"] == "profile-consumer"
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "profile-consumer-" + yaml.safe_load(
-            (CHART / "Chart.yaml").read_text()
-        )["version"]
+        assert (
+            labels["helm.sh/chart"]
+            == "profile-consumer-" + yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+        )
         assert doc["metadata"]["namespace"]
 
 
@@ -285,19 +288,11 @@ def test_hpa_and_keda_are_exclusive(chart: helm.Chart) -> None:
 # --- config, mapping and secrets -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_configmap_config_loads(
-    rendered: dict[str, list[dict[str, Any]]],
-    case: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The repository's schemas/ stands in for the copy packaged in the image.
-    monkeypatch.chdir(ROOT)
-    data = main_configmap(rendered[case])["data"]
+def check_configmap(data: dict[str, str], tmp_path: Path) -> None:
+    """Lay the ConfigMap out as the pod sees it, in a temp dir, and validate it as the consumer
+    does: load_settings, then `profile-consumer check` (mapping rules included)."""
     config = yaml.safe_load(data["config.yaml"])
     assert config["mapping"]["rules"] == f"{CONFIG_DIR}/mapping.yaml"
-    # Lay the ConfigMap out as the pod sees it, in a temp dir.
     (tmp_path / "mapping.yaml").write_text(data["mapping.yaml"], encoding="utf-8")
     for key, content in data.items():
         if key.startswith("schema-"):
@@ -309,34 +304,59 @@ def test_configmap_config_loads(
 
     settings = load_settings(path, environ={})
     assert settings.target.token is None
-    assert yaml.safe_load(data["mapping.yaml"])["rules"]
 
     cli = profile_consumer_cli()
-    if cli is not None:
-        result = subprocess.run(  # noqa: S603 - our own console script
-            [str(cli), "check", "--config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            env={"PATH": str(cli.parent)},
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+    assert cli is not None, "the profile-consumer console script is not installed (make install)"
+    result = subprocess.run(  # noqa: S603 - our own console script
+        [str(cli), "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={"PATH": str(cli.parent)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_default_mapping_rules_match_the_documented_example(
+@pytest.mark.parametrize("case", CASES)
+def test_configmap_config_passes_check(
+    rendered: dict[str, list[dict[str, Any]]],
+    case: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The repository's schemas/ stands in for the copy packaged in the image.
+    monkeypatch.chdir(ROOT)
+    check_configmap(main_configmap(rendered[case])["data"], tmp_path)
+
+
+def test_example_rules_given_with_set_file_pass_check(
+    chart: helm.Chart, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--set-file mapping.rules=examples/mapping.yaml`, as docs/deploy.md suggests."""
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "examples" / "mapping.yaml").read_text(encoding="utf-8")
+    data = main_configmap(render(chart, {"mapping": {"rules": text}}))["data"]
+    assert yaml.safe_load(data["mapping.yaml"]) == yaml.safe_load(text)
+    check_configmap(data, tmp_path)
+
+
+def test_default_mapping_rules_are_the_reference_rules(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
+    """The chart carries the four reference rules, the same as the start of examples/."""
     rules = yaml.safe_load(main_configmap(rendered["default"])["data"]["mapping.yaml"])
-    assert [r["name"] for r in rules["rules"]] == ["call-centre", "loan-funded", "big-basket", "kiosk"]
-    assert rules["identity"] == [
-        {"mbox3rdPartyId": "customer.thirdPartyId"},
-        {"mboxPC": "customer.pcId"},
-    ]
+    names = [r["name"] for r in rules["rules"]]
+    assert names == ["call-centre", "loan-funded", "big-basket", "kiosk"]
+    example = yaml.safe_load((ROOT / "examples" / "mapping.yaml").read_text(encoding="utf-8"))
+    assert rules["identity"] == example["identity"]
+    assert rules["rules"] == example["rules"][: len(names)]
 
 
 def test_large_numbers_reach_the_config_exactly(chart: helm.Chart) -> None:
-    docs = render(chart, {"config": {"quota": {"limit": 123_456_789_012, "window_seconds": 3600.5}}})
+    docs = render(
+        chart, {"config": {"quota": {"limit": 123_456_789_012, "window_seconds": 3600.5}}}
+    )
     quota = rendered_config(docs)["quota"]
     assert quota["limit"] == 123_456_789_012 and quota["window_seconds"] == 3600.5
 
@@ -633,7 +653,7 @@ def test_values_defaults_match_the_settings_defaults(chart: helm.Chart) -> None:
     values_kafka = dict(values["kafka"], bootstrap_servers=defaults["kafka"]["bootstrap_servers"])
     assert values_kafka == defaults["kafka"]
     for section in ("avro", "quota", "metrics", "pipeline", "logging"):
-        assert {k: v for k, v in values[section].items()} == defaults[section], section
+        assert values[section] == defaults[section], section
     target = {k: v for k, v in defaults["target"].items() if k != "token"}
     assert values["target"] == target
 
