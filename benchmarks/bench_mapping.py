@@ -109,7 +109,7 @@ def floor(ruleset: RuleSet, shared: bool = False) -> Callable[[dict[str, Any]], 
         default_identity = [wrap(x) for x in default_identity]
 
     def run(event: dict[str, Any]) -> object:
-        values = []
+        values: list[Any] = []
         identity = default_identity
         for when, attributes, rule_identity in rules:
             if when is not None and not when.search(event, OPTIONS):

@@ -70,6 +70,7 @@ class MappingFunctions(jp_functions.Functions):  # type: ignore[misc]  # jmespat
     """JMESPath's functions plus the mapping ones; aware of Decimal and datetime values."""
 
     def __init__(self) -> None:
+        super().__init__()
         # Signatures are module-level constants: their id() is a stable cache key.
         self._allowed_cache: dict[int, tuple[list[str], list[tuple[str, ...]]]] = {}
 

@@ -170,7 +170,7 @@ class _Loader:
             self.problem(self.label, "", "expected a mapping with the keys identity and rules")
             return None
         self._unknown_keys(raw, _TOP_KEYS, self.label)
-        identity = self._identity(raw.get("identity"), self.label, "identity", required=True)
+        identity = self._identity(raw.get("identity"), self.label, top=True)
         rules = self._rules(raw.get("rules"))
         return RuleSet(source=self.label, identity=identity or (), rules=tuple(rules))
 
@@ -179,20 +179,19 @@ class _Loader:
             if key not in allowed:
                 self.problem(where, str(key), f"unknown key; expected one of {', '.join(allowed)}")
 
-    def _identity(
-        self, raw: Any, where: str, key: str, required: bool
-    ) -> tuple[IdentitySource, ...] | None:
-        if raw is None and not required:
+    def _identity(self, raw: Any, where: str, top: bool) -> tuple[IdentitySource, ...] | None:
+        """The top-level list (required) or a rule's override (optional)."""
+        if raw is None and not top:
             return None
         expected = "a non-empty list of single-key mappings, each mbox3rdPartyId or mboxPC"
         if not isinstance(raw, list) or not raw:
-            self.problem(where, key, f"expected {expected}")
+            self.problem(where, "identity", f"expected {expected}")
             return None
         sources = []
         for index, item in enumerate(raw):
-            # Top level: "FILE: identity[0]: KEY"; in a rule: "...: identity[0].KEY".
-            item_where = f"{where}: {key}[{index}]" if where == self.label else where
-            item_key = "" if where == self.label else f"{key}[{index}]"
+            # Top level: "FILE: identity[0]: KEY"; in a rule: "FILE: rules[i] (n): identity[0].KEY".
+            item_where = f"{where}: identity[{index}]" if top else where
+            item_key = "" if top else f"identity[{index}]"
             source = self._identity_source(item, item_where, item_key, expected)
             if source is not None:
                 sources.append(source)
@@ -247,7 +246,7 @@ class _Loader:
         when = None
         if "when" in raw:
             when = self._expression(raw.get("when"), where, "when")
-        identity = self._identity(raw.get("identity"), where, "identity", required=False)
+        identity = self._identity(raw.get("identity"), where, top=False)
         attributes = self._attributes(raw.get("attributes"), where)
         if not isinstance(name, str) or attributes is None:
             return None
@@ -269,7 +268,16 @@ class _Loader:
         out = []
         for name, text in raw.items():
             key = f"attributes.{name}"
-            if not isinstance(name, str) or not ATTRIBUTE_NAME.match(name):
+            if not isinstance(name, str):
+                # YAML 1.1 reads yes/no/on/off/null/numbers as non-strings: say so.
+                kind = "null" if name is None else type(name).__name__
+                self.problem(
+                    where,
+                    key,
+                    f"expected an attribute name; YAML read this key as a {kind}, quote it",
+                )
+                continue
+            if not ATTRIBUTE_NAME.match(name):
                 self.problem(
                     where,
                     key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import textwrap
 from copy import deepcopy
@@ -22,8 +23,18 @@ SCHEMA: dict[str, Any] = json.loads((ROOT / "schemas/offline_transaction.avsc").
 AT = datetime(2026, 11, 28, 17, 2, 50, 123000, tzinfo=timezone.utc)
 
 PAYLOADS: dict[str, dict[str, Any]] = {
-    "CALL_CENTER": {"reason": "billing", "durationSeconds": 42, "resolved": True, "agentTeam": None},
-    "LOAN": {"loanId": "L1", "product": "mortgage", "amount": Decimal("1234.50"), "currency": "EUR"},
+    "CALL_CENTER": {
+        "reason": "billing",
+        "durationSeconds": 42,
+        "resolved": True,
+        "agentTeam": None,
+    },
+    "LOAN": {
+        "loanId": "L1",
+        "product": "mortgage",
+        "amount": Decimal("1234.50"),
+        "currency": "EUR",
+    },
     "LOYALTY_STORE": {"storeId": "S1", "tier": "GOLD", "pointsEarned": 12, "basketTotal": 150.25},
     "KIOSK": {"kioskId": "K1", "location": "Lyon", "action": "print-statement"},
 }
@@ -131,7 +142,9 @@ def test_kiosk_without_pc_id_has_no_identity(example: Mapper) -> None:
 
 
 def test_no_rule_matches_gives_none(tmp_path: Path) -> None:
-    mapper = mapper_for(tmp_path, "- name: r\n  when: \"channel == 'KIOSK'\"\n  attributes: {a: eventId}\n")
+    mapper = mapper_for(
+        tmp_path, "- name: r\n  when: \"channel == 'KIOSK'\"\n  attributes: {a: eventId}\n"
+    )
     assert mapper.map(event("LOAN")) is None
 
 
@@ -203,7 +216,9 @@ def test_when_omitted_is_always_true(tmp_path: Path) -> None:
     ],
 )
 def test_when_expressions(tmp_path: Path, when: str, matches: bool) -> None:
-    mapper = mapper_for(tmp_path, f"- name: r\n  when: {json.dumps(when)}\n  attributes: {{a: eventId}}\n")
+    mapper = mapper_for(
+        tmp_path, f"- name: r\n  when: {json.dumps(when)}\n  attributes: {{a: eventId}}\n"
+    )
     assert (mapper.map(event("LOAN")) is not None) is matches
 
 
@@ -219,10 +234,10 @@ def test_values_are_rendered_for_target(tmp_path: Path) -> None:
             integer: "`12`"
             double: "`0.1`"
             big: "`1e16`"
-            yes: "`true`"
+            "yes": "`true`"
             empty: "''"
             missing: attributes.nothing
-            null: "`null`"
+            "null": "`null`"
         """,
     )
     update = mapper.map(event("LOAN"))
@@ -260,7 +275,9 @@ def test_a_function_error_at_run_time_is_an_invalid_value(tmp_path: Path) -> Non
 
 
 def test_a_failing_when_is_an_invalid_value(tmp_path: Path) -> None:
-    mapper = mapper_for(tmp_path, "- name: r\n  when: upper(payload.resolved)\n  attributes: {a: eventId}\n")
+    mapper = mapper_for(
+        tmp_path, "- name: r\n  when: upper(payload.resolved)\n  attributes: {a: eventId}\n"
+    )
     with pytest.raises(MappingError) as info:
         mapper.map(event("CALL_CENTER"))
     assert info.value.reason == "invalid_value"
@@ -275,7 +292,9 @@ def test_non_finite_doubles_are_invalid_values(tmp_path: Path) -> None:
 
 
 def test_every_value_null_is_no_attributes(tmp_path: Path) -> None:
-    mapper = mapper_for(tmp_path, "- name: r\n  attributes: {a: payload.agentTeam, b: attributes.x}\n")
+    mapper = mapper_for(
+        tmp_path, "- name: r\n  attributes: {a: payload.agentTeam, b: attributes.x}\n"
+    )
     with pytest.raises(MappingError) as info:
         mapper.map(event("CALL_CENTER"))
     assert info.value.reason == "no_attributes"
@@ -319,7 +338,7 @@ def test_no_identity(tmp_path: Path, third: Any, pc: Any) -> None:
     assert "customer.thirdPartyId (mbox3rdPartyId), customer.pcId (mboxPC)" in str(info.value)
 
 
-@pytest.mark.parametrize("third", ["x" * 257, "a+b", "a/b", "+", "/"])
+@pytest.mark.parametrize("third", ["x" * 257, "secret+id", "secret/id", "+secret", "secret/"])
 def test_invalid_third_party_id(tmp_path: Path, third: str) -> None:
     mapper = mapper_for(tmp_path, "- name: r\n  attributes: {a: eventId}\n")
     with pytest.raises(MappingError) as info:
@@ -330,7 +349,9 @@ def test_invalid_third_party_id(tmp_path: Path, third: str) -> None:
 
 def test_identity_from_a_list_is_invalid(tmp_path: Path) -> None:
     mapper = mapper_for(
-        tmp_path, "- name: r\n  attributes: {a: eventId}\n", identity="  - mboxPC: keys(attributes)\n"
+        tmp_path,
+        "- name: r\n  attributes: {a: eventId}\n",
+        identity="  - mboxPC: keys(attributes)\n",
     )
     assert reason_of(mapper, event()) == "invalid_identity"
 
@@ -343,9 +364,7 @@ def test_identity_may_be_computed(tmp_path: Path) -> None:
     )
     update = mapper.map(event())
     assert update is not None
-    assert update.identity == "1a1d3ba3b0d4b9e3d6ad4b6d80a2d0a0bafb6f8e3e6e6a7ac0e2b3c1c58d7d13" or len(
-        update.identity
-    ) == 64
+    assert update.identity == hashlib.sha256(b"c1").hexdigest()
 
 
 def test_the_last_matching_override_wins(tmp_path: Path) -> None:
@@ -370,7 +389,9 @@ def test_the_last_matching_override_wins(tmp_path: Path) -> None:
 
 
 def test_identity_is_not_needed_when_nothing_matches(tmp_path: Path) -> None:
-    mapper = mapper_for(tmp_path, "- name: r\n  when: \"channel == 'KIOSK'\"\n  attributes: {a: eventId}\n")
+    mapper = mapper_for(
+        tmp_path, "- name: r\n  when: \"channel == 'KIOSK'\"\n  attributes: {a: eventId}\n"
+    )
     assert identity_update(mapper, None, None) is None
 
 

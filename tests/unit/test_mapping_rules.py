@@ -100,7 +100,9 @@ def load_rules_from_text(text: str) -> RuleSet:
 
 
 def _describe(rule: Any) -> tuple[Any, ...]:
-    identity = None if rule.identity is None else [(s.type, s.expression.text) for s in rule.identity]
+    identity = (
+        None if rule.identity is None else [(s.type, s.expression.text) for s in rule.identity]
+    )
     when = None if rule.when is None else rule.when.text
     return rule.name, when, identity, [(n, e.text) for n, e in rule.attributes]
 
@@ -168,13 +170,13 @@ def test_field_paths_that_cannot_exist(tmp_path: Path, expression: str, fragment
         "payload.basketTotal",
         "payload.action",
         "attributes.any_key_at_all",  # a map: every key may exist
-        "attributes.\"with space\"",
+        'attributes."with space"',
         "customer.thirdPartyId",
         "lower(payload.tier)",
         "coalesce(attributes.location_label, payload.location)",
         "sort_by(keys(attributes), &@)",  # inside an expression reference: not checked
         "payload.*",
-        "`{\"a\": 1}`.a",  # a literal: nothing to check
+        '`{"a": 1}`.a',  # a literal: nothing to check
         "iso8601(occurredAt)",
         "millis(occurredAt)",
     ],
@@ -277,10 +279,19 @@ def test_a_quoted_numeric_attribute_name_is_fine(tmp_path: Path) -> None:
     load(tmp_path, one_rule("      '12': eventId\n"))
 
 
-def test_a_non_string_attribute_name_is_reported(tmp_path: Path) -> None:
-    # YAML reads `12:` as an int, not the string the regex is about.
-    found = problems(tmp_path, one_rule("      12: eventId\n"))
-    assert found[0].startswith("rules.yaml: rules[0] (r): attributes.12: expected an attribute")
+@pytest.mark.parametrize(
+    ("key", "shown", "kind"),
+    [("12", "12", "int"), ("yes", "True", "bool"), ("null", "None", "null")],
+)
+def test_a_non_string_attribute_name_is_reported(
+    tmp_path: Path, key: str, shown: str, kind: str
+) -> None:
+    # YAML 1.1 reads these keys as an int, a bool and null: the message says so.
+    found = problems(tmp_path, one_rule(f"      {key}: eventId\n"))
+    assert found == [
+        f"rules.yaml: rules[0] (r): attributes.{shown}: expected an attribute name; "
+        f"YAML read this key as a {kind}, quote it"
+    ]
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -350,7 +361,8 @@ def test_duplicate_yaml_keys_are_reported(tmp_path: Path) -> None:
         ("identity: []\nrules: []\n", "rules.yaml: identity: expected a non-empty list"),
         ("identity:\n  - mboxPC: customer.pcId\n", "rules.yaml: rules: expected a non-empty list"),
         (
-            "identity:\n  - mboxPC: customer.pcId\n  - mboxPC: customer.pcId\n    x: y\nrules: []\n",
+            "identity:\n  - mboxPC: customer.pcId\n  - mboxPC: customer.pcId\n    x: y\n"
+            "rules: []\n",
             "rules.yaml: identity[1]: expected a non-empty list of single-key mappings",
         ),
     ],
