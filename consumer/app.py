@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from prometheus_client import CollectorRegistry
 
-from consumer.avro import Decoder, load_schema, registry_lookup
+from consumer.avro import Decoder, load_schema, registry_client, registry_lookup
 from consumer.config import Settings
 from consumer.http_server import OpsServer
 from consumer.kafka.dlq import DeadLetterWriter
@@ -43,15 +44,21 @@ class Stages:
     endpoint_url: str
 
 
-def build_stages(settings: Settings) -> Stages:
-    """Load schemas and rules; raises ConfigError naming files and keys."""
+def build_stages(
+    settings: Settings, schema_registry: SchemaRegistryClient | None = None
+) -> Stages:
+    """Load schemas and rules; raises ConfigError naming files and keys.
+
+    `schema_registry` replaces the client built from `avro.schema_registry_url` (tests).
+    """
     avro = settings.avro
     reader_path = settings.resolve(avro.reader_schema or avro.writer_schema)
     reader = load_schema(reader_path, f"avro.reader_schema ({reader_path})")
     rules_path = settings.resolve(settings.mapping.rules)
     rules = load_rules(rules_path, reader, str(rules_path))
     if avro.schema_registry_url:
-        decoder = Decoder(reader, registry_lookup=registry_lookup(avro.schema_registry_url))
+        client = schema_registry or registry_client(avro.schema_registry_url)
+        decoder = Decoder(reader, registry_lookup=registry_lookup(client))
     else:
         writer_path = settings.resolve(avro.writer_schema)
         writer = load_schema(writer_path, f"avro.writer_schema ({writer_path})")
@@ -73,12 +80,13 @@ class App:
         settings: Settings,
         registry: CollectorRegistry | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        schema_registry: SchemaRegistryClient | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self._transport = transport
-        self.stages = build_stages(settings)
+        self.stages = build_stages(settings, schema_registry)
         self._loop_turned = time.monotonic()
         self.ops: OpsServer | None = None
         self.source: KafkaSource | None = None
@@ -190,6 +198,7 @@ class App:
         last_commit = time.monotonic()
         while not stop.is_set():
             self._loop_turned = time.monotonic()
+            self.metrics.ready.set(int(self.ready()[0]))
             # Hysteresis: pause when full (or Target is down), resume at half.
             if not paused and (pipeline.buffered >= limit or circuit.is_open):
                 paused = True

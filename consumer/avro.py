@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from consumer.errors import ConfigError, DecodeError
 
@@ -110,12 +112,13 @@ class Decoder:
         return event
 
 
-def registry_lookup(url: str, extra: dict[str, str] | None = None) -> SchemaLookup:
-    """A lookup backed by confluent-kafka's SchemaRegistryClient (`mock://` works in tests)."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-    from confluent_kafka.schema_registry.error import SchemaRegistryError
+def registry_client(url: str) -> SchemaRegistryClient:
+    """confluent-kafka's client; a `mock://` URL gives an in-memory registry (per instance)."""
+    return SchemaRegistryClient.new_client({"url": url})
 
-    client = SchemaRegistryClient.new_client({"url": url, **(extra or {})})
+
+def registry_lookup(client: SchemaRegistryClient) -> SchemaLookup:
+    """A writer-schema lookup by id backed by a Schema Registry client."""
 
     def lookup(schema_id: int) -> str:
         try:

@@ -16,7 +16,10 @@ from consumer.target.delivery import CircuitBreaker, Delivery
 from consumer.target.request import TargetRequest
 
 pytestmark = pytest.mark.unit
-OK = b"<response><success>true</success><pcId></pcId><message>Request successfully submitted</message></response>"
+OK = (
+    b"<response><success>true</success><pcId></pcId>"
+    b"<message>Request successfully submitted</message></response>"
+)
 REQ = TargetRequest("GET", "https://acme.tt.omtrdc.net/m2/acme/profile/update?mboxPC=p&profile.a=1")
 
 

@@ -1,0 +1,75 @@
+import json
+import struct
+
+import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from consumer.avro import Decoder, Encoder, load_schema, registry_lookup
+from consumer.errors import ConfigError, DecodeError
+from consumer.samples import sample_events
+from tests.conftest import SCHEMA_PATH
+
+pytestmark = pytest.mark.unit
+SCHEMA = load_schema(SCHEMA_PATH)
+EVENT = sample_events(2, seed=1)[1]  # a LOAN: decimal amount
+
+
+def reason(decoder: Decoder, value: bytes | None) -> str:
+    with pytest.raises(DecodeError) as info:
+        decoder.decode(value)
+    return info.value.reason
+
+
+def test_plain_avro_round_trip_keeps_logical_types() -> None:
+    event = Decoder(SCHEMA, writer_schema=SCHEMA).decode(Encoder(SCHEMA).encode(EVENT))
+    assert event == EVENT
+    assert str(event["payload"]["amount"]) == str(EVENT["payload"]["amount"])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "empty_value"),
+        (b"", "empty_value"),
+        (Encoder(SCHEMA).encode(EVENT)[:10], "malformed_avro"),
+        (Encoder(SCHEMA).encode(EVENT) + b"\x00", "trailing_bytes"),
+    ],
+)
+def test_bad_plain_bodies_have_stable_reasons(value: bytes | None, expected: str) -> None:
+    assert reason(Decoder(SCHEMA, writer_schema=SCHEMA), value) == expected
+
+
+def test_invalid_utf8_in_a_string_is_its_own_reason() -> None:
+    good = Encoder(SCHEMA).encode(EVENT)
+    # eventId is the first field: a zigzag length then the bytes.
+    bad = good.replace(EVENT["eventId"].encode(), b"\xff\xfe" + EVENT["eventId"].encode()[2:], 1)
+    assert reason(Decoder(SCHEMA, writer_schema=SCHEMA), bad) == "invalid_utf8"
+
+
+def test_confluent_wire_format_through_the_registry() -> None:
+    url = "mock://avro-unit"
+    client = SchemaRegistryClient.new_client({"url": url})
+    schema_id = client.register_schema("t-value", Schema(json.dumps(SCHEMA), "AVRO"))
+    decoder = Decoder(SCHEMA, registry_lookup=registry_lookup(client))
+    assert decoder.decode(Encoder(SCHEMA, schema_id).encode(EVENT)) == EVENT
+    body = Encoder(SCHEMA).encode(EVENT)
+    assert reason(decoder, b"\x01" + struct.pack(">I", schema_id) + body) == "bad_magic_byte"
+    assert reason(decoder, b"\x00\x00") == "bad_magic_byte"
+    assert reason(decoder, b"\x00" + struct.pack(">I", 99_999) + body) == "unknown_schema_id"
+
+
+def test_reader_schema_resolves_an_older_writer() -> None:
+    older = json.loads(json.dumps(SCHEMA))
+    older["fields"] = [f for f in older["fields"] if f["name"] != "attributes"]
+    event = dict(EVENT)
+    del event["attributes"]
+    decoded = Decoder(SCHEMA, writer_schema=older).decode(Encoder(older).encode(event))
+    assert decoded["attributes"] == {}  # the reader's default
+
+
+def test_a_broken_schema_file_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "bad.avsc"
+    path.write_text('{"type": "record", "name": "X", "fields": [{"name": "a"}]}')
+    with pytest.raises(ConfigError) as info:
+        load_schema(path)
+    assert str(path) in str(info.value)
