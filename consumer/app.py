@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry
 
 from consumer.avro import Decoder, load_schema, registry_client, registry_lookup
 from consumer.config import Settings
+from consumer.errors import RegistryUnavailable
 from consumer.http_server import OpsServer
-from consumer.kafka.dlq import DeadLetterWriter
+from consumer.kafka.dlq import DeadLetterWriter, SourceRecord
 from consumer.kafka.offsets import OffsetTracker
 from consumer.kafka.source import KafkaSource
 from consumer.mapping import Mapper, load_rules
@@ -44,9 +45,7 @@ class Stages:
     endpoint_url: str
 
 
-def build_stages(
-    settings: Settings, schema_registry: SchemaRegistryClient | None = None
-) -> Stages:
+def build_stages(settings: Settings, schema_registry: SchemaRegistryClient | None = None) -> Stages:
     """Load schemas and rules; raises ConfigError naming files and keys.
 
     `schema_registry` replaces the client built from `avro.schema_registry_url` (tests).
@@ -208,10 +207,32 @@ class App:
             room = max(0, min(s.kafka.poll_batch_size, limit - pipeline.buffered))
             messages = await source.poll(max(1, room), 0.2 if paused else 0.5)
             for message in messages:
-                pipeline.submit(source_record(message))
+                if not await self._submit(pipeline, source_record(message), stop):
+                    return
             if time.monotonic() - last_commit >= s.kafka.commit_interval_seconds:
                 await source.commit(tracker.committable())
                 last_commit = time.monotonic()
+
+    async def _submit(self, pipeline: Pipeline, record: SourceRecord, stop: asyncio.Event) -> bool:
+        """Hand a record over, waiting out a Schema Registry outage; False when stopping.
+
+        A record not handed over is not tracked, so no commit can pass it.
+        """
+        delay = 0.5
+        while True:
+            try:
+                pipeline.submit(record)
+                return True
+            except RegistryUnavailable as exc:
+                log.warning(
+                    "schema registry unavailable, retrying",
+                    extra={"event": "registry_unavailable", "error": str(exc), "retry_in": delay},
+                )
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return False
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
 
     def _publish_quota_static(self, gate: QuotaGate) -> None:
         self.metrics.quota_limit.set(gate.limit)

@@ -21,7 +21,7 @@ import fastavro
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from consumer.errors import ConfigError, DecodeError
+from consumer.errors import ConfigError, DecodeError, RegistryUnavailable
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -126,7 +126,9 @@ def registry_lookup(client: SchemaRegistryClient) -> SchemaLookup:
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 raise KeyError(schema_id) from exc
-            raise
+            raise RegistryUnavailable(f"schema registry error {exc.http_status_code}") from exc
+        except Exception as exc:  # noqa: BLE001 - transport errors of the registry's client
+            raise RegistryUnavailable(f"schema registry unreachable: {type(exc).__name__}") from exc
         if schema_str is None:
             raise KeyError(schema_id)
         return schema_str

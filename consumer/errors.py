@@ -41,6 +41,10 @@ class MappingError(EventError):
     stage = "map"
 
 
+class RegistryUnavailable(ProfileConsumerError):
+    """The Schema Registry could not answer: retry the record later, never dead-letter it."""
+
+
 class DeliveryError(ProfileConsumerError):
     """Sending an update to Target failed."""
 

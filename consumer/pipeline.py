@@ -72,12 +72,18 @@ class Pipeline:
 
     def submit(self, record: SourceRecord) -> None:
         """Take one consumed record; decode and map now, send later."""
+        try:
+            # Raises RegistryUnavailable before any bookkeeping: the caller retries the record.
+            event: dict[str, Any] | DecodeError = self._decoder.decode(record.value)
+        except DecodeError as exc:
+            event = exc
         self._metrics.events_consumed.labels(record.topic).inc()
         epoch = self._tracker.track((record.topic, record.partition), record.offset)
         ref = EventRef(record, epoch)
         self._add_buffered(1)
         try:
-            event = self._decoder.decode(record.value)
+            if isinstance(event, DecodeError):
+                raise event
             update = self._mapper.map(event)
         except (DecodeError, MappingError) as exc:
             self._spawn(self._dead_letter([ref], exc))

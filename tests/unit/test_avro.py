@@ -73,3 +73,14 @@ def test_a_broken_schema_file_is_a_config_error(tmp_path) -> None:  # type: igno
     with pytest.raises(ConfigError) as info:
         load_schema(path)
     assert str(path) in str(info.value)
+
+
+def test_a_registry_outage_is_not_a_decode_error() -> None:
+    from consumer.errors import RegistryUnavailable
+
+    def down(schema_id: int) -> str:
+        raise RegistryUnavailable("registry unreachable")
+
+    decoder = Decoder(SCHEMA, registry_lookup=down)
+    with pytest.raises(RegistryUnavailable):
+        decoder.decode(b"\x00" + struct.pack(">I", 7) + Encoder(SCHEMA).encode(EVENT))
