@@ -480,6 +480,8 @@ class TargetSimulator:
         self._rejected: Counter[int] = Counter()
         self._not_before = -math.inf
         self._told_at = -math.inf
+        self._active: Counter[tuple[str, str]] = Counter()
+        self._overlaps = 0
         self._early = 0
 
     # -- lifecycle
@@ -641,6 +643,7 @@ class TargetSimulator:
                     self._accepted_times, self._config.quota_window_seconds
                 ),
                 "early_requests": self._early,
+                "overlapping_requests": self._overlaps,
                 "resets": self._resets,
             }
 
@@ -718,10 +721,16 @@ class TargetSimulator:
             conn.reset()
             return False
         body = await self._read_body(reader, head, MAX_POST_BODY_BYTES)
-        response = self._decide(head, body, at, config, draws)
-        delay = config.latency_seconds + (config.latency_spike_seconds if draws.spike else 0.0)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        response, key = self._decide(head, body, at, config, draws)
+        # The request counts as being answered until its response is written: a client that
+        # waits for the answer cannot have sent the next one for the profile before that.
+        self._begin(key)
+        try:
+            delay = config.latency_seconds + (config.latency_spike_seconds if draws.spike else 0.0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        finally:
+            self._end(key)
         if response.retry_after is not None:
             self._note_retry_after(response.retry_after)
         await conn.send(response, head.keep_alive)
@@ -763,7 +772,7 @@ class TargetSimulator:
 
     def _decide(
         self, head: _Head, body: bytes | None, at: float, config: SimulatorConfig, draws: _Draws
-    ) -> _Response:
+    ) -> tuple[_Response, tuple[str, str]]:
         """Answer one update request and record it, atomically with the quota check."""
         update = _parse_update(head.query, body if head.method == "POST" else None)
         with self._lock:
@@ -774,7 +783,25 @@ class TargetSimulator:
             if response is None:
                 response = _Response(200, _xml(True, SUCCESS_MESSAGE, self._pc_id(update)))
             self._record(at, head.method, update, response.status, accepted)
-            return response
+            return response, (update.identity_type, update.identity)
+
+    def _begin(self, key: tuple[str, str]) -> None:
+        """Count a request for a profile that already has one being answered (an overlap)."""
+        with self._lock:
+            if self._active[key]:
+                self._overlaps += 1
+            self._active[key] += 1
+
+    def _end(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._active[key] -= 1
+            if not self._active[key]:
+                del self._active[key]
+
+    def overlapping_requests(self) -> int:
+        """Requests that arrived while another for the same profile was still being answered."""
+        with self._lock:
+            return self._overlaps
 
     def _check_request(
         self,

@@ -54,6 +54,7 @@ async def test_faults_lose_nothing_and_dead_letter_nothing(
     assert simulator.profiles() == expected_profiles(app, events)
     assert read_all(broker.bootstrap, topics["dlq"]) == []
     assert simulator.early_requests() == 0
+    assert simulator.overlapping_requests() == 0  # never two requests for a profile at once
     assert retries.get("http_5xx", 0) > 0 and retries.get("http_429", 0) > 0
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == ends
 

@@ -536,6 +536,7 @@ def test_admin_records_profiles_and_stats(sim: TargetSimulator, client: httpx.Cl
         "rejected_by_status": {"400": 1},
         "max_accepted_in_window": 1,
         "early_requests": 0,
+        "overlapping_requests": 0,
         "resets": 0,
     }
 
@@ -621,3 +622,15 @@ def test_command_line_serves_until_sigterm() -> None:
         finally:
             process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_overlapping_requests_for_one_profile_are_counted() -> None:
+    import concurrent.futures
+
+    with TargetSimulator(SimulatorConfig(latency_seconds=0.3)) as sim:
+        url = f"{sim.url}/m2/acme/profile/update"
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: httpx.get(url, params={"mboxPC": "p"}), range(2)))
+        assert sim.overlapping_requests() == 1
+        httpx.get(url, params={"mboxPC": "p"})
+        assert sim.overlapping_requests() == 1
