@@ -67,7 +67,15 @@ class DeadLetterWriter:
         retry_base_seconds: float = 0.5,
         retry_cap_seconds: float = 10.0,
     ) -> None:
-        config = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, **producer_config}
+        config = {
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            # Fail (and retry, and count) within a minute rather than librdkafka's 5: the
+            # dlq_write_failures alert looks at a 5-minute window.
+            "message.timeout.ms": 60_000,
+            **producer_config,
+        }
         config.setdefault("logger", log)
         self._producer = Producer(config)
         self._topic = topic

@@ -40,6 +40,7 @@ EXPECTED_ALERTS = {
     "ProfileConsumerQuotaHeadroomLow",
     "ProfileConsumerQuotaExhausted",
     "ProfileConsumerDLQRateHigh",
+    "ProfileConsumerDLQWriteFailing",
     "ProfileConsumerLagGrowing",
     "ProfileConsumerTargetErrorsHigh",
     "ProfileConsumerCircuitOpen",
