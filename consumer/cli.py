@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from consumer import __version__, simulator
+from consumer import __version__, dlq, simulator
 from consumer.config import Settings, load_settings
 from consumer.errors import ConfigError, MappingError, PermanentDeliveryError
 
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--profiles", type=int, default=500, help="distinct customers")
     demo.add_argument("--poison", type=float, default=0.03, help="share of poison records")
     demo.set_defaults(handler=cmd_demo)
+
+    dlq.add_parser(sub)
     return parser
 
 
