@@ -29,6 +29,7 @@ from consumer.mapping import Mapper, load_rules
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline, source_record
 from consumer.quota import QuotaGate
+from consumer.quota.shared import open_shared_gate
 from consumer.target.client import TargetClient
 from consumer.target.delivery import CircuitBreaker, Delivery
 from consumer.target.request import endpoint
@@ -111,9 +112,8 @@ class App:
         s = self.settings
         loop = asyncio.get_running_loop()
         clock = loop.time
-        gate = QuotaGate(
-            s.quota.limit, s.quota.window_seconds, s.quota.pacing, s.quota.burst, clock=clock
-        )
+        # Shared by every replica through the ledger topic (docs/quota.md).
+        gate = await open_shared_gate(s, producer_config(s), clock)
         self._publish_quota_static(gate)
         http = httpx.AsyncClient(
             timeout=s.target.timeout_seconds,
@@ -177,6 +177,7 @@ class App:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await gate.close()  # gives back the unspent part of its lease
             await source.close()
             dlq.close()
             await http.aclose()

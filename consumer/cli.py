@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from consumer import __version__, dlq, simulator
+from confluent_kafka import KafkaError, KafkaException
+
+from consumer import __version__, dlq, quota_status, simulator
 from consumer.config import Settings, load_settings
 from consumer.errors import ConfigError, MappingError, PermanentDeliveryError
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     dlq.add_parser(sub)
+    quota_status.add_parser(sub)
     return parser
 
 
@@ -89,7 +92,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await app.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KafkaException as exc:
+        # librdkafka refuses a client config (e.g. `acks: 1` with the DLQ producer's
+        # idempotence, SASL without credentials) when the clients are built: report it as a
+        # configuration error (exit 2), not a traceback (issue 8). Other Kafka errors re-raise.
+        error = exc.args[0] if exc.args else None
+        if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
+            raise
+        raise ConfigError([f"{args.config}: kafka.config: {error.str()}"]) from exc
     return 0
 
 

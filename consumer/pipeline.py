@@ -67,6 +67,7 @@ class Pipeline:
         self._idle.set()
         self.buffered = 0
         self._sending = 0
+        self._abandoned = False
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -103,7 +104,10 @@ class Pipeline:
     async def run(self) -> None:
         """Send due batches, at most max_in_flight at once, until cancelled."""
         while True:
-            free = self._max_in_flight - self._sending
+            # Once abandoned, no new send starts: each cancelled one frees a slot, and without
+            # this the dispatcher filled it with a request nobody would ever ack (found by the
+            # SIGTERM scenario of issue 8: twice max_in_flight reached Target past the commit).
+            free = 0 if self._abandoned else self._max_in_flight - self._sending
             if free > 0:
                 for batch in self._coalescer.pop_ready(self._clock(), free):
                     self._sending += 1
@@ -197,6 +201,7 @@ class Pipeline:
 
     async def abandon(self) -> None:
         """Cancel whatever is still in flight; its offsets stay uncommitted (re-sent later)."""
+        self._abandoned = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,283 @@
+"""The replay rule: what the ledger's records, read in log order, say about the budget.
+
+Pure and deterministic (no I/O, no clock of its own): every replica feeds it the same records in
+the same order and so reaches the same decisions; a starting replica rebuilds the window by
+replaying the topic from its beginning. docs/quota.md explains why it can never overshoot.
+
+A lease occupies the window from `start - skew` (its first send can reach Target no earlier)
+until `end`: its last possible send, plus skew and transit, plus the window. It counts the units
+the log proves it may spend: those asked for until the owner settles for fewer, then those
+granted, then those actually spent once released. `start` is the request's clock time, clamped
+so that starts never go backwards in log order; hence every lease still counted started before
+a new one, and the new one fits if the units counted at its own start leave room for it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from consumer.quota.records import Hold, LeaseRequest, Marker, Record, Release, Settle, key_of
+
+# Replicas' clocks are assumed within this of each other's reference (NTP does milliseconds).
+SKEW_SECONDS = 0.1
+# From the gate letting a send go to Target recording it: event loop, connection, network.
+TRANSIT_SECONDS = 0.5
+# A lease must be spent within this (owner's clock) from its start; the rest is given back.
+LEASE_TTL_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The parameters of the replay rule (every replica must use the same)."""
+
+    limit: int
+    window: float
+    smooth: bool = False
+    burst: int = 1
+    skew: float = SKEW_SECONDS
+    transit: float = TRANSIT_SECONDS
+    ttl: float = LEASE_TTL_SECONDS
+
+    @property
+    def rate(self) -> float:
+        return self.limit / self.window
+
+    def end(self, last_send: float) -> float:
+        """When a send at `last_send` (owner's clock) can no longer be in Target's window."""
+        return last_send + self.skew + self.transit + self.window
+
+
+@dataclass(slots=True)
+class Lease:
+    replica: str
+    lease: int
+    start: float
+    asked: int
+    granted: int  # the rule's decision at the request's place in the log
+    counted: int  # what the log proves may be spent (see the module docstring)
+    end: float
+    released: bool = False
+
+
+@dataclass(slots=True)
+class Bucket:
+    """Smooth pacing: `rate` tokens a second, at most `burst`; a lease takes what it may spend."""
+
+    rate: float
+    burst: float
+    tokens: float
+    at: float = -math.inf
+
+    def refill(self, now: float) -> None:
+        if now > self.at:
+            elapsed = now - self.at if self.at > -math.inf else math.inf
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+            self.at = now
+
+    def ready_at(self, units: int) -> float:
+        """Ledger time at which `units` tokens will be there (no new lease meanwhile)."""
+        missing = units - self.tokens
+        return self.at if missing <= 0 else self.at + missing / self.rate
+
+    def give_back(self, units: int) -> None:
+        self.tokens = min(self.burst, self.tokens + units)
+
+
+@dataclass(slots=True)
+class ReplicaSeen:
+    last_at: float = -math.inf  # clock time of its latest lease request
+    requests: int = 0
+
+
+@dataclass
+class LedgerState:
+    """Applies ledger records in log order; answers what is used, free, and when."""
+
+    rule: Rule
+    clock: float = -math.inf  # the latest (clamped) lease start seen
+    hold_until: float = 0.0
+    offset: int = -1  # the last log offset applied
+    total: int = 0  # units counted by the leases in `_leases`
+    _leases: dict[str, Lease] = field(default_factory=dict)
+    _ends: list[tuple[float, str]] = field(default_factory=list)  # heap; stale entries skipped
+    replicas: dict[str, ReplicaSeen] = field(default_factory=dict)
+    markers: set[str] = field(default_factory=set)
+    expired: list[str] = field(default_factory=list)  # keys that left the window, to tombstone
+
+    def __post_init__(self) -> None:
+        burst = float(self.rule.burst)
+        self.bucket = Bucket(self.rule.rate, burst, burst)
+
+    # --- applying records ---------------------------------------------------------------
+
+    def apply(self, offset: int, key: str, record: Record | None) -> None:
+        """One record at `offset`; None is a tombstone (nothing to do: compaction's business)."""
+        self.offset = max(self.offset, offset)
+        if isinstance(record, LeaseRequest):
+            self._request(key, record)
+        elif isinstance(record, Settle):
+            self._settle(key, record)
+        elif isinstance(record, Release):
+            self._release(key, record)
+        elif isinstance(record, Hold):
+            self.hold_until = max(self.hold_until, record.until)
+        elif isinstance(record, Marker):
+            self.markers.add(record.marker)
+
+    def _request(self, key: str, req: LeaseRequest) -> None:
+        if key in self._leases or key != key_of(req):
+            return  # a producer retry of a request already decided
+        start = max(req.at, self.clock)
+        self.clock = start
+        seen = self.replicas.setdefault(req.replica, ReplicaSeen())
+        seen.last_at, seen.requests = max(seen.last_at, req.at), seen.requests + 1
+        granted = self._grant(start, req.units)
+        end = self.rule.end(start + self.rule.ttl)
+        self._add(Lease(req.replica, req.lease, start, req.units, granted, req.units, end))
+        if self.rule.smooth:
+            self.bucket.tokens -= req.units  # the owner may spend them all until it settles
+
+    def _grant(self, start: float, units: int) -> int:
+        """The rule: as many of `units` as the window (and the pacing) leave at `start`."""
+        self.expire(start)
+        granted = min(units, self.rule.limit - self.total)
+        if self.rule.smooth:
+            self.bucket.refill(start)
+            granted = min(granted, math.floor(self.bucket.tokens))
+        return max(0, granted)
+
+    def _settle(self, key: str, settle: Settle) -> None:
+        lease = self._leases.get(key)
+        if lease is None:
+            # Its request was compacted away: the settle alone carries the facts.
+            self._restore(
+                key,
+                settle.replica,
+                settle.lease,
+                settle.start,
+                settle.units,
+                self.rule.end(settle.start + self.rule.ttl),
+            )
+            return
+        self._recount(key, lease, min(lease.counted, settle.units))
+
+    def _release(self, key: str, release: Release) -> None:
+        lease = self._leases.get(key)
+        end = self.rule.end(release.last)
+        if lease is None:
+            self._restore(key, release.replica, release.lease, release.start, release.spent, end)
+            return
+        lease.released = True
+        if end < lease.end:
+            lease.end = end
+            heapq.heappush(self._ends, (end, key))
+        self._recount(key, lease, min(lease.counted, release.spent))
+
+    def _restore(
+        self, key: str, replica: str, lease: int, start: float, units: int, end: float
+    ) -> None:
+        """A lease known only from a later record (compaction dropped its request)."""
+        if units > 0 and end > self.clock - self.rule.skew:
+            self._add(Lease(replica, lease, start, units, units, units, end))
+
+    def _add(self, lease: Lease) -> None:
+        key = key_of_lease(lease)
+        self._leases[key] = lease
+        self.total += lease.counted
+        heapq.heappush(self._ends, (lease.end, key))
+
+    def _recount(self, key: str, lease: Lease, counted: int) -> None:
+        """Lower what a lease counts; the units it gives back return to the pacing bucket."""
+        freed = lease.counted - counted
+        lease.counted = counted
+        self.total -= freed
+        if self.rule.smooth and freed > 0:
+            self.bucket.give_back(freed)
+        if counted == 0:
+            del self._leases[key]
+            self.expired.append(key)
+
+    def expire(self, start: float) -> None:
+        """Forget leases that end before a lease starting at `start` could overlap them.
+
+        Only ever called with a start >= every earlier one, so nothing forgotten could matter
+        to a later decision.
+        """
+        threshold = start - self.rule.skew
+        while self._ends and self._ends[0][0] <= threshold:
+            end, key = heapq.heappop(self._ends)
+            lease = self._leases.get(key)
+            if lease is not None and lease.end == end:
+                del self._leases[key]
+                self.total -= lease.counted
+                self.expired.append(key)
+
+    # --- questions ------------------------------------------------------------------------
+
+    def decision(self, key: str) -> Lease | None:
+        """The lease under `key` as decided (None once it no longer counts)."""
+        return self._leases.get(key)
+
+    def free(self) -> int:
+        """Units a lease starting now-ish could get from the window (ignores pacing)."""
+        self.expire(self.clock)
+        return max(0, self.rule.limit - self.total)
+
+    def ready_at(self, units: int, now: float) -> float:
+        """Earliest ledger time >= now when `units` would be granted, were nobody else asking."""
+        start = max(now, self.clock)
+        self.expire(self.clock)
+        need = self.total + units - self.rule.limit
+        if need > 0:
+            start = max(start, self._frees(need) + self.rule.skew)
+        if self.rule.smooth:
+            start = max(start, self.bucket.ready_at(min(units, self.rule.burst)))
+        return start
+
+    def _frees(self, need: int) -> float:
+        """When leases counting at least `need` units will have left the window."""
+        freed = 0
+        for end, lease in self._by_end():
+            freed += lease.counted
+            if freed >= need:
+                return end
+        return math.inf  # more than the limit is asked: never (callers cap `units`)
+
+    def _by_end(self) -> Iterator[tuple[float, Lease]]:
+        """Counted leases, earliest end first: a best-first walk of the heap (no full sort)."""
+        heap = self._ends
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier:
+            (end, key), index = heapq.heappop(frontier)
+            lease = self._leases.get(key)
+            if lease is not None and lease.end == end:
+                yield end, lease
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+
+    def live(self, now: float) -> Iterator[Lease]:
+        """Leases that still occupy Target's window at ledger time `now`."""
+        return (lease for lease in self._leases.values() if lease.end > now)
+
+    def used(self, now: float, replica: str | None = None) -> int:
+        return sum(
+            lease.counted for lease in self.live(now) if replica is None or lease.replica == replica
+        )
+
+    def frees_at(self, now: float) -> float | None:
+        """When the earliest lease still counted at `now` leaves the window."""
+        return next((end for end, _ in self._by_end() if end > now), None)
+
+    def granted_since(self, since: float) -> int:
+        return sum(lease.counted for lease in self._leases.values() if lease.start > since)
+
+    def active_replicas(self, since: float) -> set[str]:
+        return {name for name, seen in self.replicas.items() if seen.last_at > since}
+
+
+def key_of_lease(lease: Lease) -> str:
+    return f"lease:{lease.replica}:{lease.lease}"
