@@ -30,7 +30,7 @@ from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline, source_record
 from consumer.quota import QuotaGate
 from consumer.quota.shared import open_shared_gate
-from consumer.target.client import TargetClient
+from consumer.target.client import HoldingTransport, TargetClient
 from consumer.target.delivery import CircuitBreaker, Delivery
 from consumer.target.request import endpoint
 
@@ -115,14 +115,13 @@ class App:
         # Shared by every replica through the ledger topic (docs/quota.md).
         gate = await open_shared_gate(s, producer_config(s), clock)
         self._publish_quota_static(gate)
+        limits = httpx.Limits(
+            max_connections=s.target.max_in_flight,
+            max_keepalive_connections=s.target.max_in_flight,
+        )
+        inner = self._transport or httpx.AsyncHTTPTransport(verify=_verify(s), limits=limits)
         http = httpx.AsyncClient(
-            timeout=s.target.timeout_seconds,
-            limits=httpx.Limits(
-                max_connections=s.target.max_in_flight,
-                max_keepalive_connections=s.target.max_in_flight,
-            ),
-            verify=_verify(s),
-            transport=self._transport,
+            timeout=s.target.timeout_seconds, transport=HoldingTransport(inner, gate, clock)
         )
         token = s.target.token.get_secret_value() if s.target.token else None
         circuit = CircuitBreaker(

@@ -41,7 +41,8 @@ Target's, only on them being reasonable):
 * ``early_requests``: the server remembers the latest "not before" instant it has told any
   client (time a 429 was written + its Retry-After); an update request arriving before it counts,
   unless it arrived within ``early_grace_seconds`` (default 50 ms) of that 429 being written:
-  such requests were already on the wire when the client could learn of the 429.
+  a client may have started such a request before it could learn of the 429 (even on the same
+  connection, when the request was waiting in its pool for a free connection).
 * Admin endpoints under ``/_sim/`` (records, profiles, stats, config, reset) are never subject
   to faults, tokens or ``down``, so an out-of-process test can always steer the server.
 

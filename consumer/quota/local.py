@@ -110,6 +110,11 @@ class QuotaGate:
         """Send nothing before `until` (clock time): Target asked us to back off."""
         self._hold_until = max(self._hold_until, until)
 
+    async def wait_hold(self) -> None:
+        """Return once no Retry-After hold of this replica is in force."""
+        while (delay := self._hold_until - self._clock()) > 0:
+            await self._sleep(delay)
+
     async def acquire(self) -> None:
         """Wait until one more update is allowed, then count it."""
         async with self._lock:

@@ -15,10 +15,62 @@ import httpx
 
 from consumer.errors import PermanentDeliveryError, RetryableDeliveryError
 from consumer.metrics import Metrics
+from consumer.quota import QuotaGate
 from consumer.target.request import FORM, TargetRequest
 from consumer.target.response import parse_answer
 
 RETRYABLE_STATUS = frozenset({408, 429})
+
+
+def parse_retry_after(value: str | None, wall_clock: Callable[[], float]) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        # RFC 9110 says whole seconds; a decimal is read too rather than ignored.
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - wall_clock())
+
+
+class HoldingTransport(httpx.AsyncBaseTransport):
+    """Applies Retry-After at the connection level.
+
+    The hold is set as soon as the answer's headers arrive, while its connection is still
+    busy, and checked right before a request takes a connection. Applied only after the
+    response was read, a task that had already passed the quota gate could take the freed
+    connection and send before the hold existed.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        gate: QuotaGate,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._inner = inner
+        self._gate = gate
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._gate.wait_hold()
+        response = await self._inner.handle_async_request(request)
+        if response.status_code in RETRYABLE_STATUS or response.status_code >= 500:
+            seconds = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock)
+            if seconds:
+                self._gate.hold(self._clock() + seconds)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class TargetClient:
@@ -67,7 +119,9 @@ class TargetClient:
             raise RetryableDeliveryError(
                 f"http_{status}" if status < 500 else "http_5xx",
                 f"{method} answered HTTP {status}",
-                retry_after=self.retry_after(response.headers.get("Retry-After")),
+                retry_after=parse_retry_after(
+                    response.headers.get("Retry-After"), self._wall_clock
+                ),
             )
         answer = parse_answer(response.content)
         if 200 <= status < 300 and answer is not None and answer.success:
@@ -79,22 +133,6 @@ class TargetClient:
         raise PermanentDeliveryError(
             reason, f"{method} refused: {why}", http_status=status, body=response.content
         )
-
-    def retry_after(self, value: str | None) -> float | None:
-        """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
-        if not value:
-            return None
-        value = value.strip()
-        try:
-            # RFC 9110 says whole seconds; a decimal is read too rather than ignored.
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - self._wall_clock())
 
     def _count(self, method: str, code: str) -> None:
         self._metrics.http_requests.labels(method, code).inc()

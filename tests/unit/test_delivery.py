@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from consumer.errors import PermanentDeliveryError, RetryableDeliveryError
 from consumer.metrics import Metrics
 from consumer.quota import QuotaGate
-from consumer.target.client import TargetClient
+from consumer.target.client import HoldingTransport, TargetClient, parse_retry_after
 from consumer.target.delivery import CircuitBreaker, Delivery
 from consumer.target.request import TargetRequest
 
@@ -69,13 +69,27 @@ async def test_408_429_and_5xx_are_retryable(status: int, reason: str) -> None:
     assert info.value.reason == reason
 
 
-async def test_retry_after_in_seconds_or_http_date() -> None:
-    c = client(lambda r: httpx.Response(200, content=OK))
-    assert c.retry_after("7") == 7.0
-    assert c.retry_after("0.25") == 0.25
-    # 1_000_000 is 1970-01-12T13:46:40Z; the date 30 s later.
-    assert c.retry_after("Mon, 12 Jan 1970 13:47:10 GMT") == pytest.approx(30.0)
-    assert c.retry_after("soon") is None
+def test_retry_after_in_seconds_or_http_date() -> None:
+    def now() -> float:
+        return 1_000_000.0  # 1970-01-12T13:46:40Z
+
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after("0.25", now) == 0.25
+    assert parse_retry_after("Mon, 12 Jan 1970 13:47:10 GMT", now) == pytest.approx(30.0)
+    assert parse_retry_after("soon", now) is None
+
+
+async def test_the_hold_is_set_before_the_answering_connection_is_free() -> None:
+    t = FakeTime()
+    gate = QuotaGate(10**9, 86400, "eager", clock=t.clock, sleep=t.sleep)
+    answers = iter([httpx.Response(429, headers={"Retry-After": "5"}), httpx.Response(200)])
+    inner = httpx.MockTransport(lambda r: next(answers))
+    transport = HoldingTransport(inner, gate, t.clock)
+    async with httpx.AsyncClient(transport=transport) as http:
+        first = await http.get("http://target/a")
+        assert first.status_code == 429 and t.now == 0.0
+        await http.get("http://target/b")  # waits out the hold before taking a connection
+    assert t.now == 5.0
 
 
 async def test_transport_errors_are_retryable_and_say_nothing_of_the_url() -> None:
