@@ -57,25 +57,33 @@ class Decoder:
             raise ValueError("a writer schema or a registry lookup is required")
         self._reader = fastavro.parse_schema(reader_schema)
         self._writer = fastavro.parse_schema(writer_schema) if writer_schema else None
+        # fastavro compares writer and reader (a deep dict ==, ~3 us here) on every call to
+        # skip resolution when they are equal: decide it once per writer schema instead.
+        self._local_reader = self._reader_for(self._writer) if self._writer else None
         self._lookup = registry_lookup
-        self._by_id: dict[int, Any] = {}
+        self._by_id: dict[int, tuple[Any, Any]] = {}
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         if not value:
             raise DecodeError("empty_value", "the record has no value (null or empty)")
         if self._lookup is None:
             assert self._writer is not None  # noqa: S101 - guaranteed by __init__
-            return self._read(value, 0, self._writer)
+            return self._read(value, 0, self._writer, self._local_reader)
         if len(value) < _HEADER.size:
             raise DecodeError("bad_magic_byte", "shorter than the 5-byte Confluent header")
         magic, schema_id = _HEADER.unpack_from(value)
         if magic != MAGIC_BYTE:
             raise DecodeError("bad_magic_byte", f"magic byte {magic} is not 0 (Confluent format)")
-        return self._read(value, _HEADER.size, self._writer_for(schema_id))
+        writer, reader = self._writer_for(schema_id)
+        return self._read(value, _HEADER.size, writer, reader)
 
-    def _writer_for(self, schema_id: int) -> Any:
-        parsed = self._by_id.get(schema_id)
-        if parsed is None:
+    def _reader_for(self, writer: Any) -> Any:
+        """The reader schema to pass with `writer`: None when they are the same schema."""
+        return None if writer == self._reader else self._reader
+
+    def _writer_for(self, schema_id: int) -> tuple[Any, Any]:
+        entry = self._by_id.get(schema_id)
+        if entry is None:
             assert self._lookup is not None  # noqa: S101 - only called in registry mode
             try:
                 text = self._lookup(schema_id)
@@ -89,14 +97,14 @@ class Decoder:
                 raise DecodeError(
                     "unsupported_schema", f"schema id {schema_id} is not a usable Avro schema"
                 ) from exc
-            self._by_id[schema_id] = parsed
-        return parsed
+            entry = self._by_id[schema_id] = (parsed, self._reader_for(parsed))
+        return entry
 
-    def _read(self, value: bytes, start: int, writer: Any) -> dict[str, Any]:
+    def _read(self, value: bytes, start: int, writer: Any, reader: Any) -> dict[str, Any]:
         buf = io.BytesIO(value)
         buf.seek(start)
         try:
-            event = fastavro.schemaless_reader(buf, writer, self._reader)
+            event = fastavro.schemaless_reader(buf, writer, reader)
         except UnicodeDecodeError as exc:
             raise DecodeError("invalid_utf8", f"a string is not valid UTF-8: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types on bad bytes

@@ -10,6 +10,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -81,6 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from consumer import logs
     from consumer.app import App
 
+    # A stop asked for while starting up is remembered, not fatal.
+    early_stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: early_stop.set())
     settings = _load(args.config)
     logs.configure(settings.logging.level, settings.logging.mask_identities)
     app = App(settings)
@@ -90,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if early_stop.is_set():
+            stop.set()
         await app.run(stop)
 
     try:

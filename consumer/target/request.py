@@ -7,8 +7,10 @@ remove or change another parameter. GET while the whole URL fits 8 KB, else a fo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
 from consumer.errors import PermanentDeliveryError
@@ -28,8 +30,18 @@ class TargetRequest:
         return len(self.url) if self.method == "GET" else len(self.body)
 
 
+# Exactly what quote(safe="") leaves as it is (RFC 3986 unreserved); \Z: no trailing newline.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
+
+
+@lru_cache(maxsize=4096)
+def _quote_name(name: str) -> str:
+    return quote(name, safe="")
+
+
 def encode_pair(name: str, value: str) -> str:
-    return f"{quote(name, safe='')}={quote(value, safe='')}"
+    encoded = value if _UNRESERVED.match(value) else quote(value, safe="")
+    return f"{_quote_name(name)}={encoded}"
 
 
 def endpoint(base_url: str, client_code: str) -> str:

@@ -93,7 +93,10 @@ def test_help_on_every_command() -> None:
 def test_run_stopped_by_sigterm_mid_stream_loses_nothing(
     broker, simulator, topics, make_settings, tmp_path: Path
 ) -> None:
-    settings = make_settings(pipeline__shutdown_timeout_seconds=10)
+    # A small buffer, so the drain on SIGTERM cannot finish the whole stream.
+    settings = make_settings(
+        pipeline__shutdown_timeout_seconds=10, pipeline__max_buffered_events=200
+    )
     config = tmp_path / "config.yaml"  # written by make_settings
     simulator.configure(latency_seconds=0.01)
     enc = encoder(settings)

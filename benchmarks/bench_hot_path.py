@@ -1,0 +1,212 @@
+"""Hot path per core: decode + map + coalesce of recorded events vs a bare fastavro loop.
+
+The floor is what any Avro consumer pays: `fastavro.schemaless_reader(BytesIO(b), writer)` over
+the same bytes, with the writer schema parsed once. Contenders, interleaved so a noisy
+neighbour hurts them alike (median of --repeat rounds each):
+
+- decode            `Decoder.decode` alone (header checks, reader schema, trailing-bytes check)
+- map               `Mapper.map` alone, over already decoded events
+- decode+map+coal.  the three stages back to back: `Coalescer.add` per event, and per poll
+                    batch (500) the due batches popped and marked done, as a sender would
+- pipeline, no I/O  the real `Pipeline` (metrics, offset tracking, coalescing, dispatch tasks,
+                    request building) on an asyncio loop whose `deliver` returns at once
+
+Events are `consumer.samples` events over 10,000 profiles, encoded with `avro.Encoder`. The
+process is pinned to one CPU. Issue 9 aims at decode+map+coalesce >= 0.5 of the floor.
+
+    .venv/bin/python benchmarks/bench_hot_path.py            # 200,000 events
+    .venv/bin/python benchmarks/bench_hot_path.py --full     # 1,000,000 events
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import io
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import fastavro
+from common import RULES, SCHEMA, encoder, machine, settings
+from prometheus_client import CollectorRegistry
+
+from consumer.app import build_stages
+from consumer.avro import load_schema
+from consumer.coalesce import Coalescer
+from consumer.errors import DecodeError, MappingError
+from consumer.kafka.dlq import SourceRecord
+from consumer.kafka.offsets import OffsetTracker
+from consumer.metrics import Metrics
+from consumer.pipeline import Pipeline
+from consumer.samples import sample_events
+
+PROFILES = 10_000
+POLL_BATCH = 500
+DISTINCT = 100_000  # distinct encoded events; longer runs cycle over them
+TOPIC = "offline-transactions"
+
+
+def floor(blobs: list[bytes]) -> Callable[[], None]:
+    writer = fastavro.parse_schema(load_schema(SCHEMA))
+    read = fastavro.schemaless_reader
+
+    def run() -> None:
+        for blob in blobs:
+            read(io.BytesIO(blob), writer)
+
+    return run
+
+
+def decode_only(stages: Any, blobs: list[bytes]) -> Callable[[], None]:
+    decode = stages.decoder.decode
+
+    def run() -> None:
+        for blob in blobs:
+            decode(blob)
+
+    return run
+
+
+def map_only(stages: Any, events: list[dict[str, Any]], total: int) -> Callable[[], None]:
+    map_ = stages.mapper.map
+    rounds, rest = divmod(total, len(events))
+
+    def run() -> None:
+        for chunk in [events] * rounds + [events[:rest]]:
+            for event in chunk:
+                try:
+                    map_(event)
+                except MappingError:
+                    pass
+
+    return run
+
+
+def stages_chain(stages: Any, blobs: list[bytes]) -> Callable[[], None]:
+    """decode -> map -> Coalescer.add; per poll batch, pop what is due and mark it done."""
+    decode, map_ = stages.decoder.decode, stages.mapper.map
+
+    def run() -> None:
+        coalescer: Coalescer[int] = Coalescer(0.5)
+        now = 0.0
+        for start in range(0, len(blobs), POLL_BATCH):
+            for offset in range(start, min(start + POLL_BATCH, len(blobs))):
+                try:
+                    update = map_(decode(blobs[offset]))
+                except (DecodeError, MappingError):
+                    continue
+                if update is not None:
+                    key = (update.identity_type, update.identity)
+                    coalescer.add(key, update.attributes, offset, now)
+            now += 0.01  # a poll batch every 10 ms of "time": batches come due after 50
+            for batch in coalescer.pop_ready(now, 1_000_000):
+                coalescer.done(batch.key)
+
+    return run
+
+
+def pipeline_no_io(stages: Any, blobs: list[bytes], max_buffered: int) -> Callable[[], None]:
+    """The real Pipeline on an event loop, fed like App._poll_loop feeds it, no HTTP."""
+
+    async def deliver(_request: Any) -> None:
+        return None
+
+    class NoDLQ:
+        async def write(self, record: SourceRecord, error: Any) -> None:
+            return None
+
+    async def main() -> None:
+        tracker = OffsetTracker()
+        tracker.assign([(TOPIC, 0)])
+        pipeline = Pipeline(
+            stages.decoder,
+            stages.mapper,
+            deliver,
+            NoDLQ(),
+            tracker,
+            Metrics(CollectorRegistry()),
+            stages.endpoint_url,
+            0.5,
+            64,
+            asyncio.get_running_loop().time,
+        )
+        runner = asyncio.create_task(pipeline.run())
+        for start in range(0, len(blobs), POLL_BATCH):
+            while pipeline.buffered >= max_buffered:
+                await asyncio.sleep(0.001)
+            for offset in range(start, min(start + POLL_BATCH, len(blobs))):
+                pipeline.submit(SourceRecord(TOPIC, 0, offset, None, blobs[offset], None, None))
+            await asyncio.sleep(0)
+        await pipeline.drain(60)
+        runner.cancel()
+
+    def run() -> None:
+        asyncio.run(main())
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--full", action="store_true", help="1,000,000 events (issue 9)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    args = parser.parse_args()
+    total = 1_000_000 if args.full else args.events
+    if not args.no_pin and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = {"avro": {"writer_schema": str(SCHEMA)}, "mapping": {"rules": str(RULES)}}
+        stages = build_stages(settings(Path(tmp), cfg))
+    enc = encoder()
+    distinct = [enc.encode(e) for e in sample_events(min(total, DISTINCT), PROFILES, seed=7)]
+    blobs = (distinct * (total // len(distinct) + 1))[:total]
+    decoded = [stages.decoder.decode(b) for b in distinct]
+    avg = sum(map(len, distinct)) / len(distinct)
+
+    # The inputs (encoded and decoded events) are not the pipeline's heap: keep the cyclic GC
+    # from traversing them on every full collection, as it would not in the consumer.
+    gc.collect()
+    gc.freeze()
+    runs: dict[str, Callable[[], None]] = {
+        "floor: schemaless_reader": floor(blobs),
+        "decode (Decoder.decode)": decode_only(stages, blobs),
+        "map (Mapper.map)": map_only(stages, decoded, total),
+        "decode+map+coalesce": stages_chain(stages, blobs),
+        "pipeline, no I/O": pipeline_no_io(stages, blobs, 10_000),
+    }
+    rates: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(args.repeat):
+        for label, run in runs.items():
+            began = time.perf_counter()
+            run()
+            rates[label].append(total / (time.perf_counter() - began))
+    med = {label: statistics.median(values) for label, values in rates.items()}
+
+    print(f"machine: {machine()}; pinned to one CPU: {not args.no_pin}")
+    print(
+        f"events: {total:,} ({len(distinct):,} distinct, {avg:.0f} bytes avg, "
+        f"{PROFILES:,} profiles), median of {args.repeat}"
+    )
+    base = med["floor: schemaless_reader"]
+    for label, value in med.items():
+        print(
+            f"{label:<26}: {value:10,.0f} events/s  {1e6 / value:6.1f} us/event  "
+            f"ratio to floor {value / base:5.2f}"
+        )
+    print(
+        f"RATIO decode+map+coalesce / floor: {med['decode+map+coalesce'] / base:.2f} (goal >= 0.5)"
+    )
+
+
+if __name__ == "__main__":
+    main()
