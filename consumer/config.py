@@ -6,13 +6,16 @@ so `profile-consumer check` can list them all instead of failing on the first.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from confluent_kafka import Consumer, KafkaException
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,6 +23,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -27,16 +31,26 @@ from consumer.errors import ConfigError
 
 ENV_PREFIX = "PROFILE_CONSUMER__"
 KafkaValue = str | int | float | bool
+# Issue 8 (bad configuration): an empty topic name passed validation and failed only at
+# subscribe time; names are otherwise left to the broker (librdkafka also takes `^regex`).
+TopicName = Annotated[str, Field(min_length=1)]
+# One registry URL, as confluent-kafka's SchemaRegistryClient takes them (comma-separated:
+# several); anything else made `run` and `check` die with its ValueError traceback (issue 8).
+_REGISTRY_URL = re.compile(r"^(https?|mock)://[^\s/?#,]+(/[^\s?#,]*)?$")
+# Keys whose values are never echoed back in messages (secrets, URLs that may carry them).
+_SECRET_KEYS = ("target.token", "avro.schema_registry_url")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` passed every `gt=0` check (an infinite retry budget, timeout
+    # or commit interval); `.nan` only by luck of the comparisons.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
     group_id: str = Field("profile-consumer", min_length=1)
-    topics: list[str] = Field(default_factory=lambda: ["offline-transactions"], min_length=1)
+    topics: list[TopicName] = Field(default_factory=lambda: ["offline-transactions"], min_length=1)
     dlq_topic: str = Field("offline-transactions.dlq", min_length=1)
     # Passed to librdkafka untouched: security.protocol, sasl.*, ssl.*, session.timeout.ms...
     config: dict[str, KafkaValue] = Field(default_factory=dict)
@@ -49,6 +63,16 @@ class AvroSettings(_Section):
     writer_schema: Path = Path("schemas/offline_transaction.avsc")
     # The schema the mapping rules are written against; defaults to the writer schema.
     reader_schema: Path | None = None
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_urls(cls, value: str | None) -> str | None:
+        if value is not None and not all(
+            _REGISTRY_URL.match(url.strip()) for url in value.split(",")
+        ):
+            # The value is not repeated: a registry URL may carry a password.
+            raise ValueError("expected http(s):// URLs separated by commas (mock:// in tests)")
+        return value
 
 
 class TargetSettings(_Section):
@@ -154,7 +178,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
     except ValidationError as exc:
         raise ConfigError([_describe(label, err) for err in exc.errors()]) from exc
     settings._source = path.resolve() if path is not None else None
-    problems = _check_files(settings, label)
+    problems = _check_files(settings, label) + _check_kafka_config(settings, label)
     if problems:
         raise ConfigError(problems)
     return settings
@@ -165,15 +189,39 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:  # was an uncaught traceback (issue 8)
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
+    loader = _UniqueKeyLoader(text)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of sections at the top level"])
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader refusing duplicate keys: PyYAML keeps the last one silently, so a second
+    `kafka:` section used to drop the first without a word (issue 8)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (each key may appear once)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -211,17 +259,60 @@ def _env_value(parts: list[str], value: str) -> Any:
 
 
 def _describe(label: str, err: Any) -> str:
-    key = ".".join(str(p) for p in err["loc"]) or "<top>"
+    loc = [str(p) for p in err["loc"]]
     kind = err["type"]
+    if (
+        loc[:2] == ["kafka", "config"]
+        and len(loc) == 4
+        and loc[3] in ("str", "int", "float", "bool")
+    ):
+        # One message per librdkafka value, not one per member of the str|int|float|bool union.
+        loc, kind = loc[:3], "kafka_value"
+    key = ".".join(loc)
     if kind == "extra_forbidden":
         expected = "no such key (unknown keys are errors; check the spelling)"
     elif kind == "missing":
         expected = "a value is required"
+    elif kind == "kafka_value":
+        expected = "expected a string, number or boolean"
+    elif kind == "value_error":
+        # Our own validators: their messages say what is expected (never the value).
+        expected = err["msg"].removeprefix("Value error, ")
     else:
         expected = err["msg"]
-        if "input" in err and kind != "value_error" and not key.endswith("token"):
-            expected += f" (got {err['input']!r})"
-    return f"{label}: {key}: {expected}"
+    # The value is echoed only for plain type/range errors: never for unknown keys (a
+    # misspelt `tokn:` holds a token), librdkafka values (`sasl.password`) or secret keys.
+    echo = kind not in ("extra_forbidden", "missing", "kafka_value", "value_error")
+    if echo and "input" in err and key not in _SECRET_KEYS:
+        expected += f" (got {err['input']!r})"
+    return f"{label}: {key}: {expected}" if key else f"{label}: {expected}"
+
+
+def _check_kafka_config(settings: Settings, label: str) -> list[str]:
+    """Let librdkafka itself validate each `kafka.config` property, offline.
+
+    Unknown properties and bad values used to pass `check` and make `run` die with a
+    KafkaException traceback (issue 8). One property at a time, and only librdkafka's
+    per-property verdicts: a ConfigMap without the credentials its Secret adds at run time
+    must still pass; conflicts between properties surface when `run` builds its clients
+    (cli.py reports those as configuration errors too).
+    A client built without `bootstrap.servers` opens no connection; it is closed at once.
+    """
+    quiet = logging.Logger("librdkafka-config-check")
+    quiet.disabled = True  # e.g. "producer property ignored by this consumer"
+    problems = []
+    for key, value in settings.kafka.config.items():
+        if key == "bootstrap.servers":
+            continue
+        try:
+            Consumer({"group.id": "config-check", key: value, "logger": quiet}).close()
+        except KafkaException as exc:
+            message = exc.args[0].str() if exc.args else str(exc)
+            # "Failed to create" comes from checks across properties (a SASL protocol with no
+            # mechanism yet...): those are judged on the whole config, at run time.
+            if not message.startswith("Failed to create"):
+                problems.append(f"{label}: kafka.config.{key}: {message}")
+    return problems
 
 
 def _check_files(settings: Settings, label: str) -> list[str]:
