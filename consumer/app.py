@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from consumer.config import Settings
 from consumer.errors import RegistryUnavailable
 from consumer.http_server import OpsServer
 from consumer.kafka.dlq import DeadLetterWriter, SourceRecord
-from consumer.kafka.offsets import OffsetTracker
+from consumer.kafka.offsets import OffsetTracker, TopicPartition
 from consumer.kafka.source import KafkaSource
 from consumer.mapping import Mapper, load_rules
 from consumer.metrics import Metrics
@@ -33,6 +35,7 @@ from consumer.quota.shared import open_shared_gate
 from consumer.target.client import HoldingTransport, TargetClient
 from consumer.target.delivery import CircuitBreaker, Delivery
 from consumer.target.request import endpoint
+from consumer.target.transport import ShardedTransport
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +118,8 @@ class App:
         # Shared by every replica through the ledger topic (docs/quota.md).
         gate = await open_shared_gate(s, producer_config(s), clock)
         self._publish_quota_static(gate)
-        limits = httpx.Limits(
-            max_connections=s.target.max_in_flight,
-            max_keepalive_connections=s.target.max_in_flight,
-        )
-        inner = self._transport or httpx.AsyncHTTPTransport(verify=_verify(s), limits=limits)
+        # httpcore's pool scans every connection for every queued request: small pools.
+        inner = self._transport or ShardedTransport(s.target.max_in_flight, _verify(s))
         http = httpx.AsyncClient(
             timeout=s.target.timeout_seconds, transport=HoldingTransport(inner, gate, clock)
         )
@@ -195,6 +195,11 @@ class App:
         limit = s.pipeline.max_buffered_events
         paused = False
         last_commit = time.monotonic()
+        # Revocations run on the Kafka thread, inside consume(): they wait there for the
+        # revoked partitions' sends in flight before committing (issue 8, rebalance storm).
+        source.on_revoked = _handover(
+            pipeline, asyncio.get_running_loop(), s.pipeline.shutdown_timeout_seconds
+        )
         while not stop.is_set():
             self._loop_turned = time.monotonic()
             self.metrics.ready.set(int(self.ready()[0]))
@@ -255,6 +260,30 @@ class App:
             await asyncio.sleep(1.0)
 
 
-def _verify(settings: Settings) -> bool | str:
+def _handover(
+    pipeline: Pipeline, loop: asyncio.AbstractEventLoop, timeout: float
+) -> Callable[[list[TopicPartition], bool], None]:
+    """The source's revocation hook: runs `pipeline.handover` on the event loop and waits.
+
+    The loop is free meanwhile (it awaits the consume() call that runs the callback). Lost
+    partitions may already be another member's: their sends are cancelled without waiting.
+    """
+
+    def handover(tps: list[TopicPartition], lost: bool) -> None:
+        wait = 0.0 if lost else timeout
+        future = asyncio.run_coroutine_threadsafe(pipeline.handover(set(tps), wait), loop)
+        try:
+            future.result(wait + 5.0)  # handover() itself gives up after `wait`
+        except TimeoutError:
+            future.cancel()
+            log.warning("handover did not finish", extra={"event": "handover_timeout"})
+
+    return handover
+
+
+def _verify(settings: Settings) -> bool | ssl.SSLContext:
+    """True/False, or a context trusting the configured CA bundle."""
     tls = settings.target.verify_tls
-    return str(settings.resolve(tls)) if not isinstance(tls, bool) else tls
+    if isinstance(tls, bool):
+        return tls
+    return ssl.create_default_context(cafile=str(settings.resolve(tls)))

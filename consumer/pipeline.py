@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,10 +19,11 @@ from consumer.coalesce import Batch, Coalescer
 from consumer.errors import DecodeError, EventError, MappingError, PermanentDeliveryError
 from consumer.kafka.dlq import SourceRecord
 from consumer.kafka.offsets import OffsetTracker
+from consumer.kafka.offsets import TopicPartition as TP
 from consumer.mapping import Mapper
 from consumer.metrics import Metrics
 from consumer.quota import Clock
-from consumer.target.request import TargetRequest, build_requests
+from consumer.target.request import TargetRequest, build_requests, check_size
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ class DeadLetterSink(Protocol):
 class EventRef:
     record: SourceRecord
     epoch: int
+
+    @property
+    def tp(self) -> TP:
+        return (self.record.topic, self.record.partition)
 
 
 class Pipeline:
@@ -62,10 +67,15 @@ class Pipeline:
         self._max_in_flight = max_in_flight
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sends: dict[asyncio.Task[None], list[EventRef]] = {}  # in flight: their events
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self.buffered = 0
+        # Counter.labels() takes a lock and builds a key on every call: resolve them once.
+        self._consumed: dict[str, Any] = {}
+        self._mapped = metrics.events.labels("mapped")
+        self._skipped = metrics.events.labels("skipped")
         self._sending = 0
         self._abandoned = False
 
@@ -78,7 +88,11 @@ class Pipeline:
             event: dict[str, Any] | DecodeError = self._decoder.decode(record.value)
         except DecodeError as exc:
             event = exc
-        self._metrics.events_consumed.labels(record.topic).inc()
+        consumed = self._consumed.get(record.topic)
+        if consumed is None:
+            consumed = self._metrics.events_consumed.labels(record.topic)
+            self._consumed[record.topic] = consumed
+        consumed.inc()
         epoch = self._tracker.track((record.topic, record.partition), record.offset)
         ref = EventRef(record, epoch)
         self._add_buffered(1)
@@ -86,14 +100,16 @@ class Pipeline:
             if isinstance(event, DecodeError):
                 raise event
             update = self._mapper.map(event)
-        except (DecodeError, MappingError) as exc:
+            if update is not None:
+                check_size(update.identity_type, update.identity, update.attributes)
+        except (DecodeError, MappingError, PermanentDeliveryError) as exc:
             self._spawn(self._dead_letter([ref], exc))
             return
         if update is None:
-            self._metrics.events.labels("skipped").inc()
+            self._skipped.inc()
             self._finish([ref])
             return
-        self._metrics.events.labels("mapped").inc()
+        self._mapped.inc()
         key = (update.identity_type, update.identity)
         if self._coalescer.add(key, update.attributes, ref, self._clock()):
             self._metrics.coalesced_events.inc()
@@ -112,7 +128,7 @@ class Pipeline:
                 for batch in self._coalescer.pop_ready(self._clock(), free):
                     self._sending += 1
                     self._metrics.in_flight.set(self._sending)
-                    self._spawn(self._send(batch))
+                    self._sends[self._spawn(self._send(batch))] = batch.refs
             self._wake.clear()
             due = self._coalescer.next_due()
             timeout = None if due is None or free <= 0 else max(0.0, due - self._clock())
@@ -123,6 +139,12 @@ class Pipeline:
 
     async def _send(self, batch: Batch[EventRef]) -> None:
         try:
+            if self._handed_over(batch.refs):
+                # Its partitions now belong to another member, which re-reads these events
+                # from the commit and sends them in order: sending them here too could land an
+                # older value after its newer one (issue 8, rebalance scenario).
+                self._add_buffered(-len(batch.refs))
+                return
             requests = build_requests(
                 self._endpoint, batch.identity_type, batch.identity, batch.attributes
             )
@@ -134,6 +156,10 @@ class Pipeline:
             result = "exhausted" if exc.reason == "retries_exhausted" else "rejected"
             self._metrics.updates_sent.labels(result).inc()
             await self._dead_letter(batch.refs, exc)
+        except asyncio.CancelledError:
+            if self._handed_over(batch.refs):  # cancelled by handover(): no longer ours
+                self._add_buffered(-len(batch.refs))
+            raise
         else:
             self._metrics.updates_sent.labels("success").inc()
             self._observe_latency(batch.refs)
@@ -173,19 +199,54 @@ class Pipeline:
                     max(0.0, now - ref.record.timestamp_ms / 1000)
                 )
 
-    def _spawn(self, coro: Any) -> None:
+    def _handed_over(self, refs: list[EventRef]) -> bool:
+        """True when no event of the batch is on a partition this process still owns."""
+        return not any(self._tracker.owns(ref.tp, ref.epoch) for ref in refs)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._sends.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error(
                 "pipeline task failed",
                 exc_info=task.exception(),
                 extra={"event": "task_failed"},
             )
+
+    # --- rebalance ------------------------------------------------------------------------
+
+    async def handover(self, tps: set[TP], timeout: float) -> None:
+        """Partitions are leaving this process (the tracker has sealed them, so none of their
+        waiting events will be sent). Wait up to `timeout` for their sends in flight to finish,
+        so their acks make the final commit and their writes land before the next owner's; then
+        cancel the ones carrying only those partitions' events (the next owner re-sends them).
+        """
+        deadline = self._clock() + timeout
+        while True:
+            pending = [
+                t
+                for t, refs in self._sends.items()
+                if not t.done() and any(r.tp in tps for r in refs)
+            ]
+            remaining = deadline - self._clock()
+            if not pending or remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
+        stale = [t for t in pending if all(r.tp in tps for r in self._sends.get(t, []))]
+        for task in stale:
+            task.cancel()
+        if pending:
+            log.warning(
+                "partitions handed over with sends in flight",
+                extra={"event": "handover_in_flight", "cancelled": len(stale)},
+            )
+        await asyncio.gather(*stale, return_exceptions=True)
 
     # --- shutdown -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ class _Partition:
     done: set[int] = field(default_factory=set)
     next_commit: int | None = None  # offset to commit (last contiguous done + 1)
     committed: int | None = None
+    sealed: bool = False  # being revoked: acks still count, nothing new may be sent
 
 
 class OffsetTracker:
@@ -34,6 +35,21 @@ class OffsetTracker:
             for tp in tps:
                 self._epochs += 1
                 self._parts[tp] = _Partition(epoch=self._epochs)
+
+    def seal(self, tps: list[TopicPartition]) -> None:
+        """The partitions are being revoked: `owns` turns false, acks are still recorded."""
+        with self._lock:
+            for tp in tps:
+                part = self._parts.get(tp)
+                if part is not None:
+                    part.sealed = True
+
+    def owns(self, tp: TopicPartition, epoch: int) -> bool:
+        """Whether an event read in `epoch` may still be sent: assigned then and not since
+        revoked or sealed (another member is about to read it again)."""
+        with self._lock:
+            part = self._parts.get(tp)
+            return part is not None and part.epoch == epoch and not part.sealed
 
     def revoke(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Forget these partitions; returns what may still be committed for them."""

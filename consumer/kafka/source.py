@@ -2,8 +2,10 @@
 
 librdkafka's consumer is not meant for concurrent calls, so every call (consume, pause, resume,
 commit, close) goes through a single-thread executor; the event loop awaits them. Rebalance
-callbacks run on that thread inside consume(): on revocation the finished offsets of the lost
-partitions are committed at once, so the next owner starts where we really stopped.
+callbacks run on that thread inside consume(): on revocation the partitions are sealed (none of
+their waiting events is sent any more), `on_revoked` lets their sends in flight finish (bounded),
+and then their finished offsets are committed at once, so the next owner starts where we really
+stopped and no older update of ours lands after its newer one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from consumer.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A broker connection waiting this long for any answer is hung (a stopped process, a black-holed
+# network): TCP stays up, so librdkafka would only notice after socket.timeout.ms (60 s).
+# Fetches are answered within fetch.wait.max.ms (500 ms by default), so 10 s is far beyond a
+# healthy connection.
+STALLED_SECONDS = 10.0
+# on_revoked(partitions, lost): lost means another member may own them already (no waiting).
+# A periodic commit whose result has not arrived after this long no longer holds the next back.
+COMMIT_PATIENCE_SECONDS = 30.0
+Handover = Callable[[list[TP], bool], None]
 
 # Settings the pipeline's correctness rests on: user config cannot turn them off.
 _FORCED = {
@@ -36,6 +47,10 @@ _DEFAULTS: dict[str, Any] = {
     "partition.assignment.strategy": "cooperative-sticky",
     "statistics.interval.ms": 5000,
     "enable.partition.eof": False,
+    # librdkafka prefetches up to queued.min.messages (100k) per partition, held in memory
+    # even while the pipeline is full: peak RSS grew with the backlog (bench_backlog.py).
+    "queued.min.messages": 2000,
+    "queued.max.messages.kbytes": 4096,
 }
 
 
@@ -45,18 +60,19 @@ class KafkaSource:
         settings: KafkaSettings,
         tracker: OffsetTracker,
         metrics: Metrics,
-        on_revoked: Callable[[list[TP]], None] = lambda tps: None,
+        on_revoked: Handover = lambda tps, lost: None,
     ) -> None:
         self._settings = settings
         self._tracker = tracker
         self._metrics = metrics
-        self._on_revoked = on_revoked
+        self.on_revoked = on_revoked  # called on the Kafka thread, before the final commit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka")
         self._consumer: Consumer | None = None
         self._paused: set[TP] = set()
         self.joined = False
         self.broker_up = False
         self.last_error: str | None = None
+        self._commit_busy_until = 0.0  # a periodic commit is on its way until then
 
     def consumer_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -66,7 +82,12 @@ class KafkaSource:
             **self._settings.config,
             **_FORCED,
         }
-        config.update(logger=log, error_cb=self._on_error, stats_cb=self._on_stats)
+        config.update(
+            logger=log,
+            error_cb=self._on_error,
+            stats_cb=self._on_stats,
+            on_commit=self._on_commit,
+        )
         return config
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -105,7 +126,40 @@ class KafkaSource:
         return good
 
     async def commit(self, offsets: dict[TP, int]) -> bool:
-        return await self._call(self._commit, offsets)
+        """The poll loop's periodic commit: sent without waiting (one at a time), its result
+        reaches the tracker through `_on_commit` on a later poll.
+
+        Issue 8 (broker hang): a synchronous commit held the Kafka thread for as long as the
+        broker hung, so the poll loop stopped turning and nothing (statistics, lost partitions,
+        /readyz) could notice the hang. Final commits (revocation, close) still wait.
+        """
+        return await self._call(self._commit_async, offsets)
+
+    def _commit_async(self, offsets: dict[TP, int]) -> bool:
+        now = time.monotonic()
+        if not offsets or now < self._commit_busy_until:
+            return True
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.commit(offsets=tps, asynchronous=True)
+        except KafkaException as exc:
+            self._metrics.commits.labels("error").inc()
+            log.warning("commit failed", extra={"event": "commit_failed", "error": str(exc)})
+            return False
+        self._commit_busy_until = now + COMMIT_PATIENCE_SECONDS
+        return True
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The result of an asynchronous commit (served by consume(), on the Kafka thread)."""
+        self._commit_busy_until = 0.0
+        if error is not None:
+            self._metrics.commits.labels("error").inc()
+            log.warning("commit failed", extra={"event": "commit_failed", "error": error.str()})
+            return
+        self._metrics.commits.labels("ok").inc()
+        self._tracker.mark_committed(
+            {(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None}
+        )
 
     def _commit(self, offsets: dict[TP, int]) -> bool:
         if not offsets:
@@ -156,6 +210,11 @@ class KafkaSource:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
+        # Issue 8 (rebalance storm): without the seal and the handover, this process went on
+        # sending the buffered events of a revoked partition while its next owner re-read and
+        # sent them with newer ones, so an older value could be the last to reach Target.
+        self._tracker.seal(tps)
+        self._handover(tps, lost=False)
         final = self._tracker.revoke(tps)
         if final:
             self._commit(final)
@@ -164,9 +223,20 @@ class KafkaSource:
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
+        self._tracker.seal(tps)
+        self._handover(tps, lost=True)
         self._tracker.revoke(tps)  # another member owns them now: committing would be wrong
         self._forget(tps)
+        # Out of the group (session timed out, e.g. the broker hung): not ready until a new
+        # assignment arrives (issue 8, broker hang scenario).
+        self.joined = False
         log.warning("partitions lost", extra={"event": "lost", "partitions": _names(tps)})
+
+    def _handover(self, tps: list[TP], lost: bool) -> None:
+        try:
+            self.on_revoked(tps, lost)
+        except Exception:  # a failing hook must not kill the Kafka thread mid-rebalance
+            log.exception("handover failed", extra={"event": "handover_failed"})
 
     def _forget(self, tps: list[TP]) -> None:
         self._paused -= set(tps)
@@ -177,7 +247,6 @@ class KafkaSource:
                 pass  # no lag reported yet for it
         self._metrics.assigned_partitions.set(len(self._tracker.assigned()))
         self._metrics.paused_partitions.set(len(self._paused))
-        self._on_revoked(tps)
 
     def _on_error(self, error: KafkaError) -> None:
         self.last_error = error.str()
@@ -188,10 +257,14 @@ class KafkaSource:
     def _on_stats(self, stats_json: str) -> None:
         """librdkafka's statistics: broker state and per-partition lag, every 5 s."""
         stats = json.loads(stats_json)
-        self.broker_up = any(
-            b.get("state") == "UP" and b.get("nodeid", -1) >= 0
-            for b in stats.get("brokers", {}).values()
-        )
+        brokers = [b for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0]
+        self.broker_up = any(b.get("state") == "UP" for b in brokers)
+        stalled = [b.get("name", "?") for b in brokers if _stalled(b)]
+        if stalled:
+            # Issue 8 (broker hang): a SIGSTOPped broker kept its TCP connections, so it was
+            # reported UP (and /readyz 200) for the whole hang.
+            self.broker_up = False
+            self.last_error = f"no answer for {STALLED_SECONDS:.0f}s from {', '.join(stalled)}"
         assigned = set(self._tracker.assigned())
         for topic, tstats in stats.get("topics", {}).items():
             for pid, pstats in tstats.get("partitions", {}).items():
@@ -203,6 +276,16 @@ class KafkaSource:
                     position = pstats.get("app_offset", -1)
                 if high >= 0 and position >= 0:
                     self._metrics.lag.labels(topic, pid).set(max(0, high - position))
+
+
+def _stalled(broker: dict[str, Any]) -> bool:
+    """Requests are waiting on a connection that has received nothing for STALLED_SECONDS."""
+    idle_us = broker.get("rxidle", -1)
+    return (
+        broker.get("state") == "UP"
+        and broker.get("waitresp_cnt", 0) > 0
+        and idle_us >= STALLED_SECONDS * 1_000_000
+    )
 
 
 def _names(tps: list[TP]) -> list[str]:

@@ -44,6 +44,29 @@ def encode_pair(name: str, value: str) -> str:
     return f"{_quote_name(name)}={encoded}"
 
 
+# A value this short cannot encode past a POST (12 encoded bytes per character at most).
+_SURELY_FITS = POST_LIMIT // 12 - 300
+
+
+def check_size(identity_type: str, identity: str, attributes: dict[str, str]) -> None:
+    """Raise PermanentDeliveryError('payload_too_large') when one attribute alone cannot fit.
+
+    Called per event before coalescing, so an oversized event is dead-lettered alone and
+    never takes the other events of its profile with it. Cheap: only long values are encoded.
+    """
+    head = None
+    for name, value in attributes.items():
+        if len(name) + len(value) < _SURELY_FITS:
+            continue
+        head = head or encode_pair(identity_type, identity)
+        pair = encode_pair("profile." + name, value)
+        if len(head) + 1 + len(pair) > POST_LIMIT:
+            raise PermanentDeliveryError(
+                "payload_too_large",
+                f"attribute {name!r} is {len(pair)} bytes encoded; a POST allows {POST_LIMIT}",
+            )
+
+
 def endpoint(base_url: str, client_code: str) -> str:
     return f"{base_url}/m2/{quote(client_code, safe='')}/profile/update"
 

@@ -8,6 +8,7 @@ Shards of 8 keep it small; each request goes to the least busy shard.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -35,7 +36,7 @@ class _Released(httpx.AsyncByteStream):
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
-    def __init__(self, max_connections: int, verify: bool | str = True) -> None:
+    def __init__(self, max_connections: int, verify: bool | ssl.SSLContext = True) -> None:
         shards = max(1, -(-max_connections // SHARD_SIZE))
         per_shard = -(-max_connections // shards)
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)

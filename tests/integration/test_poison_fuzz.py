@@ -435,11 +435,6 @@ async def test_registry_mode_dead_letters_bad_magic_and_unknown_schema_ids(
     print(json.dumps({"registry_mode_reasons": {f"{s}/{r}": n for (s, r), n in reasons.items()}}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py: a coalesced batch that is too large as a whole is dead-lettered "
-    "whole, so a valid event of the same profile goes to the DLQ with payload_too_large",
-)
 async def test_an_oversized_event_does_not_take_a_valid_one_of_its_profile_with_it(
     broker, simulator, topics, make_settings
 ) -> None:

@@ -76,3 +76,12 @@ def test_no_value_can_add_remove_or_change_another_parameter(
 def test_injection_characters_stay_inside_their_value(nasty: str) -> None:
     (req,) = build_requests(URL, "mbox3rdPartyId", nasty, {"a": nasty})
     assert params(req) == [("mbox3rdPartyId", nasty), ("profile.a", nasty)]
+
+
+def test_check_size_refuses_only_an_attribute_that_cannot_fit_alone() -> None:
+    from consumer.target.request import check_size
+
+    check_size("mboxPC", "p", {"a": "v" * 60_000, "b": "x"})  # fits one POST by itself
+    with pytest.raises(PermanentDeliveryError) as info:
+        check_size("mboxPC", "p", {"a": "東" * 7_000})  # 9 bytes encoded per character
+    assert info.value.reason == "payload_too_large"
