@@ -13,7 +13,10 @@ Baselines in the same run:
 - the same workload with `coalesce_window_ms: 0` (no waiting; only events that arrive while
   their profile's request is in flight merge);
 - the ideal for this backlog: events / distinct profiles in it (everything for a profile
-  merged into one request).
+  merged into one request);
+- for the live stream, also the window's own ideal: the requests a window alone would need if
+  every request were instant (a profile's batch opens at its first event and takes every event
+  of that profile until the window ends), computed from the planned send times.
 
     .venv/bin/python benchmarks/bench_coalescing.py            # 10,000 events
     .venv/bin/python benchmarks/bench_coalescing.py --full     # 100,000 events
@@ -84,6 +87,19 @@ def _produce_live(bootstrap: str, topic: str, records: list[bytes], rate: float)
         producer.produce(topic, value)
         producer.poll(0)
     producer.flush(30)
+
+
+def window_ideal(events: list[dict], rate: float, window_ms: int) -> float:
+    """Events per request with this window and instant requests, for events sent at `rate`."""
+    closes: dict[tuple[bool, str], float] = {}
+    batches = 0
+    for index, event in enumerate(events):
+        at = index / rate
+        key = (event["channel"] == "KIOSK", profile_key(event))
+        if at > closes.get(key, -1.0):
+            batches += 1
+            closes[key] = at + window_ms / 1000
+    return len(events) / max(batches, 1)
 
 
 def run(
@@ -165,6 +181,9 @@ def main() -> None:
             f"  {label:<14}: {r['per_request']:6.2f} events/request  ({r['mapped']:,.0f} events, "
             f"{r['requests']:,.0f} requests, {r['coalesced']:,.0f} coalesced)"
         )
+    live_ideal = window_ideal(live_events, args.rate, args.window_ms)
+    print(f"  ideal (one request per distinct profile): {live_count / live_distinct:.2f}")
+    print(f"  ideal of a {args.window_ms} ms window with instant requests: {live_ideal:.2f}")
     for label, a, z, best in (
         ("backlog", window, zero, ideal),
         ("live", live_window, live_zero, live_count / live_distinct),
@@ -174,6 +193,10 @@ def main() -> None:
             f"{a['per_request'] / z['per_request']:.2f}x;  "
             f"of the ideal: {a['per_request'] / best:.2f}"
         )
+    print(
+        f"RATIO live window {args.window_ms} ms / its window's ideal: "
+        f"{live_window['per_request'] / live_ideal:.2f}"
+    )
 
 
 if __name__ == "__main__":

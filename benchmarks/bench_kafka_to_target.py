@@ -13,11 +13,9 @@ Baselines measured in the same run:
 
 Issue 9/4 goals: App >= 0.8 of the bound, >= 20x the naive consumer at 20 ms.
 
-Rows marked "proposed" run the same App with two changes that are NOT in consumer/ yet (see
-docs/performance.md): a `sniffio` module present (httpcore imports it per request; without it
-every lock creation retries a failing import that scans sys.path), and the connection pool
-split into shards of 8 connections (httpcore's pool scans every connection for every queued
-request: O(in-flight x connections) per request), injected through `App(transport=...)`.
+The App's HTTP path is its default one: `ShardedTransport` (connection pools of 8) under the
+quota's `HoldingTransport`, with `sniffio` installed (httpcore imports it per request).
+`--profile FILE` writes a cProfile (pstats) of the App's first 20 ms run (event-loop thread).
 
     .venv/bin/python benchmarks/bench_kafka_to_target.py          # 10,000 events per App run
     .venv/bin/python benchmarks/bench_kafka_to_target.py --full   # 50,000
@@ -27,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+import cProfile
 import tempfile
 import time
-import types
 from pathlib import Path
-from typing import Any
 
 import httpx
 from common import DLQ, TOPIC, Simulator, config, distinct_events, machine, produce, settings
@@ -87,7 +83,7 @@ def run_app(
     expected: int,
     in_flight: int,
     window: float | None,
-    proposed: bool = False,
+    profile: Path | None = None,
 ) -> dict[str, float]:
     cfg = config(
         bootstrap,
@@ -97,76 +93,16 @@ def run_app(
         # What is still buffered when the window ends is abandoned, not drained.
         pipeline={"shutdown_timeout_seconds": 0.5},
     )
-    transport = None
-    if proposed:
-        _install_sniffio()
-        transport = ShardedTransport(max(1, in_flight // 8), 8)
-    app = App(settings(workdir, cfg), CollectorRegistry(), transport=transport)
-    return asyncio.run(_drive(app, expected, 300, window))
-
-
-# --- proposed (not in consumer/ yet): measured here so the figures say what they buy -------
-
-
-def _install_sniffio() -> None:
-    """What `pip install sniffio` gives httpcore: a cheap answer instead of a failing import."""
+    app = App(settings(workdir, cfg), CollectorRegistry())
+    if profile is None:
+        return asyncio.run(_drive(app, expected, 300, window))
+    profiler = cProfile.Profile()
+    profiler.enable()
     try:
-        import sniffio  # noqa: F401 - installed: nothing to do
-    except ImportError:
-        stub = types.ModuleType("sniffio")
-        stub.current_async_library = lambda: "asyncio"  # type: ignore[attr-defined]
-        sys.modules["sniffio"] = stub
-
-
-class _Released(httpx.AsyncByteStream):
-    """A response stream that tells its shard when the connection is given back."""
-
-    def __init__(self, stream: Any, release: Any) -> None:
-        self._stream, self._release, self._closed = stream, release, False
-
-    async def __aiter__(self) -> Any:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if not self._closed:
-                self._closed = True
-                self._release()
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """`shards` small connection pools; each request goes to the least busy one."""
-
-    def __init__(self, shards: int, per_shard: int) -> None:
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        self._pools = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
-        self._busy = [0] * shards
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[index] += 1
-
-        def release() -> None:
-            self._busy[index] -= 1
-
-        try:
-            response = await self._pools[index].handle_async_request(request)
-        except BaseException:
-            release()
-            raise
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_Released(response.stream, release),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        return asyncio.run(_drive(app, expected, 300, window))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 def run_naive(workdir: Path, bootstrap: str, url: str, group: str, count: int) -> dict[str, float]:
@@ -221,7 +157,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--window", type=float, default=8.0, help="seconds measured per App run")
     parser.add_argument("--full", action="store_true", help="50,000 events, no time window")
-    parser.add_argument("--no-proposed", action="store_true", help="skip the proposed rows")
+    parser.add_argument("--profile", type=Path, help="cProfile the first 20 ms App run to FILE")
     parser.add_argument("--in-flight", default="64,16", help="max_in_flight values at 20 ms")
     parser.add_argument("--naive-events", type=int, default=300, help="naive run at 20 ms")
     args = parser.parse_args()
@@ -243,17 +179,15 @@ def main() -> None:
             f"produced {produced:,} events (distinct profiles) in "
             f"{time.perf_counter() - began:.1f}s"
         )
-        plan = [(0.0, flights[0], False)] + [(0.02, f, False) for f in flights]
-        if not args.no_proposed:  # last: the sniffio stub stays in sys.modules
-            plan += [(0.0, flights[0], True), (0.02, flights[0], True)]
-        for n, (latency, flight, proposed) in enumerate(plan):
+        plan = [(0.0, flights[0])] + [(0.02, f) for f in flights]
+        for n, (latency, flight) in enumerate(plan):
             sim.configure(latency_seconds=latency)
+            profile = args.profile if n == 1 else None
             result = run_app(
-                work, broker.bootstrap, sim.url, f"app-{n}", produced, flight, window, proposed
+                work, broker.bootstrap, sim.url, f"app-{n}", produced, flight, window, profile
             )
             bound = flight / latency if latency else None
-            kind = "proposed" if proposed else "App"
-            label = f"{kind} {latency * 1000:.0f} ms, in-flight {flight}"
+            label = f"App {latency * 1000:.0f} ms, in-flight {flight}"
             rows.append((label, result, bound))
         naive: dict[float, dict[str, float]] = {}
         for latency, count in ((0.0, min(3000, produced)), (0.02, args.naive_events)):

@@ -115,6 +115,10 @@ class App:
         s = self.settings
         loop = asyncio.get_running_loop()
         clock = loop.time
+        # First, so probes answer (not ready) while the broker is still out of reach.
+        self.ops = OpsServer(s.metrics.host, s.metrics.port, self.registry, self.live, self.ready)
+        self.ops.start()
+        log.info("starting", extra={"event": "starting", "metrics_port": self.ops.port})
         # Shared by every replica through the ledger topic (docs/quota.md).
         gate = await open_shared_gate(s, producer_config(s), clock)
         self._publish_quota_static(gate)
@@ -155,9 +159,6 @@ class App:
             s.target.max_in_flight,
             clock,
         )
-        self.ops = OpsServer(s.metrics.host, s.metrics.port, self.registry, self.live, self.ready)
-        self.ops.start()
-        log.info("starting", extra={"event": "starting", "metrics_port": self.ops.port})
         await source.start()
         background = [
             asyncio.create_task(pipeline.run()),

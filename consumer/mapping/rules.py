@@ -38,7 +38,7 @@ from typing import Any
 import jmespath
 import yaml
 from jmespath.exceptions import IncompleteExpressionError, JMESPathError
-from jmespath.visitor import TreeInterpreter
+from jmespath.visitor import TreeInterpreter, _is_comparable
 
 from consumer.errors import ConfigError
 from consumer.mapping.functions import OPTIONS, function_names, function_signature
@@ -374,7 +374,57 @@ def compile_evaluator(parsed: dict[str, Any]) -> Evaluator:
     if parsed["type"] == "literal":
         constant = parsed["value"]
         return lambda _event: constant
-    return partial(_INTERPRETER.visit, parsed)
+    compiled = _compile_node(parsed)
+    return compiled if compiled is not None else partial(_INTERPRETER.visit, parsed)
+
+
+def _compile_node(node: dict[str, Any]) -> Evaluator | None:
+    """Closures doing what TreeInterpreter's visit_* methods do for the node types rules use
+    (comparisons, &&, ||, function calls), over compiled children; None for the others."""
+    kind = node["type"]
+    if kind == "function_expression":
+        name = node["value"]
+        args = tuple(compile_evaluator(child) for child in node["children"])
+        call = _INTERPRETER._functions.call_function  # noqa: SLF001 - the interpreter's own
+
+        def function(value: Any) -> Any:
+            return call(name, [arg(value) for arg in args])
+
+        return function
+    if kind in ("and_expression", "or_expression"):
+        first, second = (compile_evaluator(child) for child in node["children"])
+        if kind == "and_expression":
+
+            def both(value: Any) -> Any:
+                matched = first(value)
+                return matched if _is_false(matched) else second(value)
+
+            return both
+
+        def either(value: Any) -> Any:
+            matched = first(value)
+            return second(value) if _is_false(matched) else matched
+
+        return either
+    if kind == "comparator":
+        compare = TreeInterpreter.COMPARATOR_FUNC[node["value"]]
+        left, right = (compile_evaluator(child) for child in node["children"])
+        if node["value"] in ("eq", "ne"):
+            return lambda value: compare(left(value), right(value))
+
+        def ordering(value: Any) -> Any:
+            a, b = left(value), right(value)
+            if not (_is_comparable(a) and _is_comparable(b)):
+                return None
+            return compare(a, b)
+
+        return ordering
+    return None
+
+
+def _is_false(value: Any) -> bool:
+    # TreeInterpreter._is_false: JMESPath falsiness (0 is true).
+    return value == "" or value == [] or value == {} or value is None or value is False
 
 
 def _field_chain(node: dict[str, Any]) -> tuple[str, ...] | None:
