@@ -26,7 +26,7 @@ from tests.reliability.harness import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-EVENTS = 20_000
+EVENTS = 50_000
 HOT_PROFILES = 300
 SOLO_SHARE = 0.6
 KILLS = 20
