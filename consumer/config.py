@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from consumer.errors import ConfigError
+from consumer.yamlfile import read_yaml
 
 ENV_PREFIX = "PROFILE_CONSUMER__"
 KafkaValue = str | int | float | bool
@@ -185,43 +186,14 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the file: {exc.strerror}"]) from exc
-    except UnicodeDecodeError as exc:  # was an uncaught traceback (issue 8)
-        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
-    loader = _UniqueKeyLoader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
-    finally:
-        loader.dispose()
+    data, duplicates = read_yaml(path, str(path))
+    if duplicates:
+        raise ConfigError(duplicates)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of sections at the top level"])
     return data
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader refusing duplicate keys: PyYAML keeps the last one silently, so a second
-    `kafka:` section used to drop the first without a word (issue 8)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (each key may appear once)",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import jmespath
-import yaml
 from jmespath.exceptions import IncompleteExpressionError, JMESPathError
 from jmespath.visitor import TreeInterpreter, _is_comparable
 
 from consumer.errors import ConfigError
 from consumer.mapping.functions import OPTIONS, function_names, function_signature
 from consumer.mapping.schema_paths import AvroTypes, check_paths
+from consumer.yamlfile import read_yaml
 
 IDENTITY_TYPES = ("mbox3rdPartyId", "mboxPC")
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -119,36 +119,8 @@ def load_rules(path: Path, schema: dict[str, Any], label: str | None = None) -> 
 # --- reading -------------------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that records duplicate mapping keys (PyYAML silently keeps the last)."""
-
-    duplicates: list[str]
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                line = key_node.start_mark.line + 1
-                self.duplicates.append(f"line {line}: duplicate key {key!r}")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read(path: Path, label: str) -> tuple[Any, list[str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{label}: cannot read the rules file: {exc}"]) from exc
-    loader = _StrictLoader(text)
-    loader.duplicates = []
-    try:
-        raw = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{label}: not valid YAML: {exc}"]) from exc
-    finally:
-        loader.dispose()
-    return raw, [f"{label}: {dup} (each key may appear once)" for dup in loader.duplicates]
+    return read_yaml(path, label, "rules file")
 
 
 # --- validation ----------------------------------------------------------------------------

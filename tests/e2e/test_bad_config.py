@@ -69,7 +69,7 @@ CASES = [
     Case(
         "duplicate-section",
         "kafka: {group_id: a}\nkafka: {group_id: b}\n",
-        ("{config}: not valid YAML", "duplicate key 'kafka'"),
+        ("{config}: line 2: duplicate key 'kafka'",),
     ),
     Case("not-utf8", b'kafka: {group_id: "\xff"}\n', ("{config}: not UTF-8",)),
     Case("top-level-list", "- kafka\n", ("{config}: expected a mapping of sections",)),
