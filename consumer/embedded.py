@@ -14,11 +14,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+
+from consumer.service import Service
 
 
 def free_port() -> int:
@@ -84,7 +85,7 @@ def read_topic(
         consumer.close()
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Service):
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -127,15 +128,3 @@ class EmbeddedBroker:
             self._proc.kill()
             self._proc.wait(5)
         self._proc = None
-
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

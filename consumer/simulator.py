@@ -72,10 +72,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 from xml.sax.saxutils import escape
+
+from consumer.service import Service
 
 __all__ = [
     "ReceivedUpdate",
@@ -439,7 +441,7 @@ def _max_in_window(times: Sequence[float], window: float) -> int:
 # --- the server ----------------------------------------------------------------------------
 
 
-class TargetSimulator:
+class TargetSimulator(Service):
     """Adobe Target Single Profile Update API on loopback, with quota and fault injection.
 
     Thread-safe: the server runs its own event loop in a background thread; every public
@@ -522,18 +524,6 @@ class TargetSimulator:
         thread.join()
         self._thread = None
         self._loop = None
-
-    def __enter__(self) -> TargetSimulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def serve_forever(self) -> None:
         """Start, then block until SIGINT or SIGTERM (main thread only; for the CLI)."""
