@@ -85,9 +85,19 @@ def test_preview_shows_the_rules_and_the_exact_request() -> None:
 
 
 def test_help_on_every_command() -> None:
-    for command in ("run", "check", "preview", "simulate-target", "demo"):
-        result = cli(command, "--help")
-        assert result.returncode == 0 and "usage:" in result.stdout
+    commands = [
+        "run",
+        "check",
+        "preview",
+        "simulate-target",
+        "demo",
+        "quota status",
+        "dlq inspect",
+        "dlq replay",
+    ]
+    for command in commands:
+        result = cli(*command.split(), "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout, command
 
 
 def test_run_stopped_by_sigterm_mid_stream_loses_nothing(
