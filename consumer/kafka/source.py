@@ -139,12 +139,7 @@ class KafkaSource:
         now = time.monotonic()
         if not offsets or now < self._commit_busy_until:
             return True
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            self.consumer.commit(offsets=tps, asynchronous=True)
-        except KafkaException as exc:
-            self._metrics.commits.labels("error").inc()
-            log.warning("commit failed", extra={"event": "commit_failed", "error": str(exc)})
+        if not self._send_commit(offsets, asynchronous=True):
             return False
         self._commit_busy_until = now + COMMIT_PATIENCE_SECONDS
         return True
@@ -153,8 +148,7 @@ class KafkaSource:
         """The result of an asynchronous commit (served by consume(), on the Kafka thread)."""
         self._commit_busy_until = 0.0
         if error is not None:
-            self._metrics.commits.labels("error").inc()
-            log.warning("commit failed", extra={"event": "commit_failed", "error": error.str()})
+            self._commit_failed(error.str())
             return
         self._metrics.commits.labels("ok").inc()
         self._tracker.mark_committed(
@@ -162,18 +156,30 @@ class KafkaSource:
         )
 
     def _commit(self, offsets: dict[TP, int]) -> bool:
+        """A commit that waits for the broker: revocation and close."""
         if not offsets:
             return True
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            self.consumer.commit(offsets=tps, asynchronous=False)
-        except KafkaException as exc:
-            self._metrics.commits.labels("error").inc()
-            log.warning("commit failed", extra={"event": "commit_failed", "error": str(exc)})
+        if not self._send_commit(offsets, asynchronous=False):
             return False
         self._metrics.commits.labels("ok").inc()
         self._tracker.mark_committed(offsets)
         return True
+
+    def _send_commit(self, offsets: dict[TP, int], asynchronous: bool) -> bool:
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            if asynchronous:  # two calls: the stubs type each flag value separately
+                self.consumer.commit(offsets=tps, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            self._commit_failed(str(exc))
+            return False
+        return True
+
+    def _commit_failed(self, error: str) -> None:
+        self._metrics.commits.labels("error").inc()
+        log.warning("commit failed", extra={"event": "commit_failed", "error": error})
 
     async def set_paused(self, paused: bool) -> None:
         """Pause (or resume) every assigned partition; new assignments follow the state."""
