@@ -83,6 +83,7 @@ async def test_an_outage_opens_the_circuit_pauses_and_recovers(
         simulator.configure(down=False)
         await wait_until(lambda: finished(app, len(events), topics["topic"]), 60)
         assert m.circuit_open._value.get() == 0
-        assert m.paused_partitions._value.get() == 0
+        # Resuming happens on the poll loop's next turn after the circuit closed.
+        await wait_until(lambda: m.paused_partitions._value.get() == 0, 10)
     assert simulator.profiles() == expected_profiles(app, events)
     assert read_all(broker.bootstrap, topics["dlq"]) == []
