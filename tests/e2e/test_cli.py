@@ -137,3 +137,15 @@ def test_run_stopped_by_sigterm_mid_stream_loses_nothing(
     assert proc.returncode == 0, stderr
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == ends
     assert first_run < simulator.accepted_count()
+
+
+def test_demo_runs_the_whole_story_and_checks_itself() -> None:
+    result = cli("demo", "--events", "600", "--profiles", "100", timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "events consumed         600" in out
+    assert "result                  OK" in out
+    verified = next(line for line in out.splitlines() if line.startswith("profiles verified"))
+    matched, total = verified.split()[2].split("/")
+    assert matched == total and int(total) > 0
+    assert "profile-consumer dlq inspect" in out
