@@ -47,6 +47,7 @@ class Stages:
     decoder: Decoder
     mapper: Mapper
     endpoint_url: str
+    reader_schema: dict[str, Any]  # the schema the rules read (and `preview` parses JSON with)
 
 
 def build_stages(settings: Settings, schema_registry: SchemaRegistryClient | None = None) -> Stages:
@@ -67,7 +68,7 @@ def build_stages(settings: Settings, schema_registry: SchemaRegistryClient | Non
         writer = load_schema(writer_path, f"avro.writer_schema ({writer_path})")
         decoder = Decoder(reader, writer_schema=writer)
     url = endpoint(settings.target.url(), settings.target.client_code)
-    return Stages(decoder, Mapper(rules), url)
+    return Stages(decoder, Mapper(rules), url, reader)
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

@@ -114,18 +114,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     from consumer.app import build_stages
-    from consumer.avro import load_schema
     from consumer.mapping import event_from_json
     from consumer.target.request import build_requests
 
     settings = _load(args.config)
     stages = build_stages(settings)
     text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text("utf-8")
-    schema = load_schema(
-        settings.resolve(settings.avro.reader_schema or settings.avro.writer_schema)
-    )
     try:
-        event = event_from_json(json.loads(text), schema)
+        event = event_from_json(json.loads(text), stages.reader_schema)
         update = stages.mapper.map(event)
     except (MappingError, ValueError) as exc:
         reason = getattr(exc, "reason", "invalid_json")

@@ -24,6 +24,7 @@ from consumer.app import App
 from consumer.avro import Encoder, load_schema
 from consumer.config import Settings, load_settings
 from consumer.embedded import EmbeddedBroker, read_topic
+from consumer.mapping import Mapper
 from consumer.samples import poison_bytes, poison_event, sample_events
 from consumer.simulator import SimulatorConfig, TargetSimulator
 
@@ -133,7 +134,7 @@ def _summary(
     dlq: Counter[str],
     elapsed: float,
 ) -> int:
-    expected = _expected_profiles(app, valid)
+    expected = expected_profiles(app.stages.mapper, valid)
     received = sim.profiles()
     matching = sum(1 for key, attrs in expected.items() if received.get(key) == attrs)
     m = app.metrics
@@ -161,13 +162,13 @@ def _summary(
     return 0 if ok else 1
 
 
-def _expected_profiles(
-    app: App, valid: list[dict[str, Any]]
+def expected_profiles(
+    mapper: Mapper, events: list[dict[str, Any]]
 ) -> dict[tuple[str, str], dict[str, str]]:
-    """What Target should hold: every valid event's update merged in order."""
+    """What Target should hold after these valid events: their updates merged in order."""
     expected: dict[tuple[str, str], dict[str, str]] = {}
-    for event in valid:
-        update = app.stages.mapper.map(event)
+    for event in events:
+        update = mapper.map(event)
         if update is not None:
             key = (update.identity_type, update.identity)
             expected.setdefault(key, {}).update(update.attributes)

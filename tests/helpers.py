@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from consumer import demo
 from consumer.app import App
 from consumer.avro import Encoder, load_schema
 from consumer.config import Settings
@@ -50,10 +51,7 @@ def event_key(event: dict[str, Any]) -> bytes:
     return str(customer["thirdPartyId"] or customer["pcId"] or "none").encode()
 
 
-def read_all(
-    bootstrap: str, topic: str, expected: int | None = None, idle: float = 1.0
-) -> list[Any]:
-    return read_topic(bootstrap, topic, expected, idle)
+read_all = read_topic
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int = 3) -> dict[int, int]:
@@ -93,15 +91,8 @@ async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[App]:
 
 
 def expected_profiles(app: App, events: Iterable[dict[str, Any]]) -> dict[Any, dict[str, str]]:
-    """What Target must hold after these valid events: their updates merged in order."""
-    expected: dict[Any, dict[str, str]] = {}
-    for event in events:
-        update = app.stages.mapper.map(event)
-        if update is not None:
-            expected.setdefault((update.identity_type, update.identity), {}).update(
-                update.attributes
-            )
-    return expected
+    """What Target must hold after these valid events (the demo's own check)."""
+    return demo.expected_profiles(app.stages.mapper, list(events))
 
 
 def finished(app: App, produced: int, topic: str) -> bool:

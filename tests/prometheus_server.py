@@ -8,7 +8,6 @@ Found on PATH as `prometheus` (Debian package `prometheus`, installed by `.ci/ru
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -19,19 +18,11 @@ from typing import Any
 import httpx
 import yaml
 
+from consumer.embedded import free_port
+
 
 class PrometheusError(RuntimeError):
     pass
-
-
-def prometheus_binary() -> str | None:
-    return shutil.which("prometheus")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusServer:
@@ -49,7 +40,7 @@ class PrometheusServer:
         binary: str | None = None,
     ) -> None:
         self.workdir = workdir
-        self.binary = binary or prometheus_binary() or "prometheus"
+        self.binary = binary or shutil.which("prometheus") or "prometheus"
         self.config_path = workdir / "prometheus.yml"
         self.log_path = workdir / "prometheus.log"
         self.url = ""
@@ -77,7 +68,7 @@ class PrometheusServer:
     def start(self, timeout: float = 30.0) -> None:
         """Start on a free loopback port and wait until /-/ready answers 200."""
         for _attempt in range(3):  # a free port can be taken between probing and binding
-            port = _free_port()
+            port = free_port()
             if self._start_on(port, timeout):
                 return
         raise PrometheusError(f"prometheus did not start; log:\n{self.log()}")

@@ -22,6 +22,11 @@ from consumer.target.response import parse_answer
 RETRYABLE_STATUS = frozenset({408, 429})
 
 
+def is_retryable(status: int) -> bool:
+    """408, 429 and every 5xx are worth another attempt; Target documents nothing else."""
+    return status in RETRYABLE_STATUS or status >= 500
+
+
 def parse_retry_after(value: str | None, wall_clock: Callable[[], float]) -> float | None:
     """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
     if not value:
@@ -63,7 +68,7 @@ class HoldingTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._gate.wait_hold()
         response = await self._inner.handle_async_request(request)
-        if response.status_code in RETRYABLE_STATUS or response.status_code >= 500:
+        if is_retryable(response.status_code):
             seconds = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock)
             if seconds:
                 self._gate.hold(self._clock() + seconds)
@@ -115,7 +120,7 @@ class TargetClient:
 
     def _classify(self, method: str, response: httpx.Response) -> None:
         status = response.status_code
-        if status in RETRYABLE_STATUS or status >= 500:
+        if is_retryable(status):
             raise RetryableDeliveryError(
                 f"http_{status}" if status < 500 else "http_5xx",
                 f"{method} answered HTTP {status}",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from consumer.errors import PermanentDeliveryError, RetryableDeliveryError
 from consumer.metrics import Metrics
@@ -146,6 +146,3 @@ class Delivery:
             self._gate.hold(self._clock() + exc.retry_after)
             return exc.retry_after
         return self._rng.uniform(0, min(self._cap, self._base * 2**attempt))
-
-
-DeliverFn = Callable[[TargetRequest], Awaitable[None]]

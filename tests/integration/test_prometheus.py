@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
 import re
 import time
@@ -28,7 +27,8 @@ from consumer import __version__
 from consumer.config import Settings
 from consumer.samples import poison_bytes, poison_event, sample_events
 from tests.helpers import encoder, event_key, finished, produce, running, wait_until
-from tests.prometheus_server import PrometheusServer, prometheus_binary
+from tests.prometheus_server import PrometheusServer
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -110,16 +110,7 @@ def _has_data(result: list[dict[str, Any]]) -> bool:
 
 @pytest.fixture
 def prometheus_bin() -> str:
-    path = prometheus_binary()
-    if path is None:
-        reason = (
-            "prometheus not found on PATH: install the Debian package `prometheus` "
-            "(apt-get install prometheus), as .ci/run does"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    return require_tool("prometheus")
 
 
 async def poll(check: Callable[[], T], timeout: float, what: str) -> T:

@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -25,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from consumer.metrics import Metrics
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.unit
 
@@ -58,16 +57,7 @@ SELECTOR_FILTER = '{namespace=~"$namespace", pod=~"$pod"'
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        reason = (
-            "promtool not found on PATH: install the Debian package `prometheus` "
-            "(apt-get install prometheus), as .ci/run does"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    return require_tool("promtool")
 
 
 def _run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
