@@ -13,8 +13,9 @@ Baselines measured in the same run:
 
 Issue 9/4 goals: App >= 0.8 of the bound, >= 20x the naive consumer at 20 ms.
 
-The App's HTTP path is its default one: `ShardedTransport` (connection pools of 8) under the
-quota's `HoldingTransport`, with `sniffio` installed (httpcore imports it per request).
+The App's HTTP path is its default one: `consumer.target.http11.HttpPool` (keep-alive, at most
+`max_in_flight` connections) with the quota's Retry-After hooks. The naive consumer uses
+`httpx.Client`, as the simplest code would.
 `--profile FILE` writes a cProfile (pstats) of the App's first 20 ms run (event-loop thread).
 
     .venv/bin/python benchmarks/bench_kafka_to_target.py          # 10,000 events per App run

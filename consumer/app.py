@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import certifi
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from prometheus_client import CollectorRegistry
 
@@ -32,10 +32,10 @@ from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline, source_record
 from consumer.quota import QuotaGate
 from consumer.quota.shared import open_shared_gate
-from consumer.target.client import HoldingTransport, TargetClient
+from consumer.target.client import RetryAfterHold, TargetClient
 from consumer.target.delivery import CircuitBreaker, Delivery
+from consumer.target.http11 import HttpPool
 from consumer.target.request import endpoint
-from consumer.target.transport import ShardedTransport
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,11 @@ class App:
         self,
         settings: Settings,
         registry: CollectorRegistry | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
         schema_registry: SchemaRegistryClient | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self._transport = transport
         self.stages = build_stages(settings, schema_registry)
         self._loop_turned = time.monotonic()
         self.ops: OpsServer | None = None
@@ -123,12 +121,17 @@ class App:
         # Shared by every replica through the ledger topic (docs/quota.md).
         gate = await open_shared_gate(s, producer_config(s), clock)
         self._publish_quota_static(gate)
-        # httpcore's pool scans every connection for every queued request: small pools.
-        inner = self._transport or ShardedTransport(s.target.max_in_flight, _verify(s))
-        http = httpx.AsyncClient(
-            timeout=s.target.timeout_seconds, transport=HoldingTransport(inner, gate, clock)
-        )
+        hold = RetryAfterHold(gate, clock)
         token = s.target.token.get_secret_value() if s.target.token else None
+        http = HttpPool(
+            s.target.url(),
+            s.target.max_in_flight,
+            s.target.timeout_seconds,
+            _tls_context(s),
+            {"Authorization": f"Bearer {token}"} if token else None,
+            before_send=hold.before_send,
+            on_answer=hold.on_answer,
+        )
         circuit = CircuitBreaker(
             s.target.circuit_failure_threshold,
             s.target.circuit_open_seconds,
@@ -136,7 +139,7 @@ class App:
             on_change=lambda is_open: self.metrics.circuit_open.set(int(is_open)),
         )
         delivery = Delivery(
-            TargetClient(http, self.metrics, token),
+            TargetClient(http, self.metrics),
             gate,
             circuit,
             self.metrics,
@@ -283,9 +286,13 @@ def _handover(
     return handover
 
 
-def _verify(settings: Settings) -> bool | ssl.SSLContext:
-    """True/False, or a context trusting the configured CA bundle."""
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    """Verify against certifi's bundle (as httpx did), a configured CA bundle, or not at all."""
     tls = settings.target.verify_tls
-    if isinstance(tls, bool):
-        return tls
-    return ssl.create_default_context(cafile=str(settings.resolve(tls)))
+    cafile = certifi.where() if tls is True or tls is False else str(settings.resolve(tls))
+    context = ssl.create_default_context(cafile=cafile)
+    if tls is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context

@@ -75,5 +75,17 @@ class PermanentDeliveryError(DeliveryError, EventError):
         EventError.__init__(self, reason, message)
 
 
+class HttpTransportError(ProfileConsumerError):
+    """No HTTP answer came back (consumer/target/http11.py); the client makes it retryable."""
+
+
+class HttpConnectionError(HttpTransportError):
+    """Connecting failed, or the connection broke or spoke something other than HTTP/1.1."""
+
+
+class HttpTimeout(HttpTransportError):
+    """No free connection, no connection or no complete answer within the timeout."""
+
+
 class DeadLetterError(ProfileConsumerError):
     """The DLQ could not be written: the event's offset must not be committed."""

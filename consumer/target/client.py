@@ -10,12 +10,17 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-import httpx
-
-from consumer.errors import PermanentDeliveryError, RetryableDeliveryError
+from consumer.errors import (
+    HttpConnectionError,
+    HttpTimeout,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from consumer.metrics import Metrics
 from consumer.quota import QuotaGate
+from consumer.target.http11 import Answer
 from consumer.target.request import FORM, TargetRequest
 from consumer.target.response import parse_answer
 
@@ -44,99 +49,95 @@ def parse_retry_after(value: str | None, wall_clock: Callable[[], float]) -> flo
     return max(0.0, when.timestamp() - wall_clock())
 
 
-class HoldingTransport(httpx.AsyncBaseTransport):
-    """Applies Retry-After at the connection level.
+class Sender(Protocol):
+    """What TargetClient sends through: consumer.target.http11.HttpPool, or a fake in tests."""
 
-    The hold is set as soon as the answer's headers arrive, while its connection is still
-    busy, and checked right before a request takes a connection. Applied only after the
-    response was read, a task that had already passed the quota gate could take the freed
-    connection and send before the hold existed.
+    async def request(
+        self, method: str, url: str, body: bytes = b"", content_type: str | None = None
+    ) -> Answer: ...
+
+
+class RetryAfterHold:
+    """Applies Retry-After at the connection level, through the pool's two hooks.
+
+    The hold is set as soon as an answer is read, before its connection is free again, and
+    checked once a request holds a connection, right before it is written. Applied only after
+    the answer reached the caller, a task that had already passed the quota gate could take the
+    freed connection and send before the hold existed.
     """
 
     def __init__(
         self,
-        inner: httpx.AsyncBaseTransport,
         gate: QuotaGate,
         clock: Callable[[], float],
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._inner = inner
         self._gate = gate
         self._clock = clock
         self._wall_clock = wall_clock
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def before_send(self) -> None:
         await self._gate.wait_hold()
-        response = await self._inner.handle_async_request(request)
-        if is_retryable(response.status_code):
-            seconds = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock)
+
+    def on_answer(self, answer: Answer) -> None:
+        if is_retryable(answer.status):
+            seconds = parse_retry_after(answer.headers.get("retry-after"), self._wall_clock)
             if seconds:
                 self._gate.hold(self._clock() + seconds)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 class TargetClient:
-    """Sends one request at a time per call; share one instance (one connection pool)."""
+    """Sends one request per call; share one instance (one connection pool).
+
+    The token is not its business: the pool carries it as a static header, set once.
+    """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: Sender,
         metrics: Metrics,
-        token: str | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
         self._metrics = metrics
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._wall_clock = wall_clock
 
     async def send(self, request: TargetRequest) -> None:
         """Returns when Target accepted the update; raises a typed DeliveryError otherwise."""
-        headers = dict(self._headers)
-        if request.method == "POST":
-            headers["Content-Type"] = FORM
+        method = request.method
         started = time.perf_counter()
         try:
-            response = await self._http.request(
-                request.method, request.url, content=request.body or None, headers=headers
+            answer = await self._http.request(
+                method, request.url, request.body, FORM if method == "POST" else None
             )
-        except httpx.TimeoutException as exc:
-            self._count(request.method, "error")
-            raise RetryableDeliveryError("timeout", f"{request.method} timed out") from exc
-        except httpx.TransportError as exc:
-            self._count(request.method, "error")
-            raise RetryableDeliveryError(
-                "connection", f"{request.method} failed: {type(exc).__name__}"
-            ) from exc
+        except HttpTimeout as exc:
+            self._count(method, "error")
+            raise RetryableDeliveryError("timeout", f"{method} timed out: {exc}") from exc
+        except HttpConnectionError as exc:
+            self._count(method, "error")
+            raise RetryableDeliveryError("connection", f"{method} failed: {exc}") from exc
         finally:
-            self._metrics.http_duration.labels(request.method).observe(
-                time.perf_counter() - started
-            )
-        self._count(request.method, f"{response.status_code // 100}xx")
-        self._classify(request.method, response)
+            self._metrics.http_duration.labels(method).observe(time.perf_counter() - started)
+        self._count(method, f"{answer.status // 100}xx")
+        self._classify(method, answer)
 
-    def _classify(self, method: str, response: httpx.Response) -> None:
-        status = response.status_code
+    def _classify(self, method: str, answer: Answer) -> None:
+        status = answer.status
         if is_retryable(status):
             raise RetryableDeliveryError(
                 f"http_{status}" if status < 500 else "http_5xx",
                 f"{method} answered HTTP {status}",
-                retry_after=parse_retry_after(
-                    response.headers.get("Retry-After"), self._wall_clock
-                ),
+                retry_after=parse_retry_after(answer.headers.get("retry-after"), self._wall_clock),
             )
-        answer = parse_answer(response.content)
-        if 200 <= status < 300 and answer is not None and answer.success:
+        parsed = parse_answer(answer.body)
+        if 200 <= status < 300 and parsed is not None and parsed.success:
             return
         if 200 <= status < 300:
-            reason, why = "rejected", "success is not true" if answer else "not the documented XML"
+            reason, why = "rejected", "success is not true" if parsed else "not the documented XML"
         else:
             reason, why = f"http_{status}", f"HTTP {status}"
         raise PermanentDeliveryError(
-            reason, f"{method} refused: {why}", http_status=status, body=response.content
+            reason, f"{method} refused: {why}", http_status=status, body=answer.body
         )
 
     def _count(self, method: str, code: str) -> None:

@@ -186,12 +186,14 @@ def test_kafka_password_from_the_environment_stays_a_string(tmp_path: Path) -> N
 # --- Target over HTTPS ----------------------------------------------------------------------
 
 
-async def test_target_over_https_with_a_trusted_private_ca(
-    broker, topics, make_settings, https_simulator
+@pytest.mark.parametrize("verify", ["private-ca", "off"])
+async def test_target_over_https_with_a_trusted_private_ca_or_verification_off(
+    broker, topics, make_settings, https_simulator, verify: str
 ) -> None:
     sim, pki = https_simulator
     assert sim.url.startswith("https://")
-    settings = make_settings(target__base_url=sim.url, target__verify_tls=str(pki.ca))
+    tls: Any = str(pki.ca) if verify == "private-ca" else False
+    settings = make_settings(target__base_url=sim.url, target__verify_tls=tls)
     enc = encoder(settings)
     events = sample_events(40, profiles=10, seed=4)
     ends = produce(

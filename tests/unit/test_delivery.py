@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.errors import PermanentDeliveryError, RetryableDeliveryError
+from consumer.errors import (
+    HttpConnectionError,
+    HttpTimeout,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from consumer.metrics import Metrics
 from consumer.quota import QuotaGate
-from consumer.target.client import HoldingTransport, TargetClient, parse_retry_after
+from consumer.target.client import RetryAfterHold, TargetClient, parse_retry_after
 from consumer.target.delivery import CircuitBreaker, Delivery
+from consumer.target.http11 import Answer
 from consumer.target.request import TargetRequest
 
 pytestmark = pytest.mark.unit
@@ -34,27 +41,50 @@ class FakeTime:
         self.now += seconds
 
 
-def client(handler, token: str | None = None) -> TargetClient:  # type: ignore[no-untyped-def]
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return TargetClient(http, Metrics(CollectorRegistry()), token, wall_clock=lambda: 1_000_000.0)
+@dataclass(frozen=True)
+class Sent:
+    method: str
+    url: str
+    body: bytes
+    content_type: str | None
+
+
+def answer(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {k.lower(): v for k, v in (headers or {}).items()}, body)
+
+
+class FakeSender:
+    """Stands in for HttpPool: hands each request to `handler`, which answers or raises."""
+
+    def __init__(self, handler: Callable[[Sent], Answer]) -> None:
+        self.handler = handler
+
+    async def request(
+        self, method: str, url: str, body: bytes = b"", content_type: str | None = None
+    ) -> Answer:
+        return self.handler(Sent(method, url, body, content_type))
+
+
+def client(handler: Callable[[Sent], Answer]) -> TargetClient:
+    return TargetClient(
+        FakeSender(handler), Metrics(CollectorRegistry()), wall_clock=lambda: 1_000_000.0
+    )
 
 
 async def test_success_needs_the_xml_success_flag() -> None:
-    await client(lambda r: httpx.Response(200, content=OK)).send(REQ)
+    await client(lambda r: answer(200, OK)).send(REQ)
     with pytest.raises(PermanentDeliveryError) as info:
-        await client(lambda r: httpx.Response(200, content=OK.replace(b"true", b"false"))).send(REQ)
+        await client(lambda r: answer(200, OK.replace(b"true", b"false"))).send(REQ)
     assert info.value.reason == "rejected" and info.value.http_status == 200
     with pytest.raises(PermanentDeliveryError):
-        await client(
-            lambda r: httpx.Response(200, content=b"trueRequest successfully submitted")
-        ).send(REQ)
+        await client(lambda r: answer(200, b"trueRequest successfully submitted")).send(REQ)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 414])
 async def test_other_4xx_are_permanent_with_status_and_body(status: int) -> None:
     body = b"x" * 1000
     with pytest.raises(PermanentDeliveryError) as info:
-        await client(lambda r: httpx.Response(status, content=body)).send(REQ)
+        await client(lambda r: answer(status, body)).send(REQ)
     assert info.value.reason == f"http_{status}" and info.value.http_status == status
     assert info.value.body == body[:512]
 
@@ -65,7 +95,7 @@ async def test_other_4xx_are_permanent_with_status_and_body(status: int) -> None
 )
 async def test_408_429_and_5xx_are_retryable(status: int, reason: str) -> None:
     with pytest.raises(RetryableDeliveryError) as info:
-        await client(lambda r: httpx.Response(status)).send(REQ)
+        await client(lambda r: answer(status)).send(REQ)
     assert info.value.reason == reason
 
 
@@ -79,38 +109,49 @@ def test_retry_after_in_seconds_or_http_date() -> None:
     assert parse_retry_after("soon", now) is None
 
 
-async def test_the_hold_is_set_before_the_answering_connection_is_free() -> None:
+async def test_the_hold_hooks_apply_retry_after_to_the_next_send() -> None:
     t = FakeTime()
     gate = QuotaGate(10**9, 86400, "eager", clock=t.clock, sleep=t.sleep)
-    answers = iter([httpx.Response(429, headers={"Retry-After": "5"}), httpx.Response(200)])
-    inner = httpx.MockTransport(lambda r: next(answers))
-    transport = HoldingTransport(inner, gate, t.clock)
-    async with httpx.AsyncClient(transport=transport) as http:
-        first = await http.get("http://target/a")
-        assert first.status_code == 429 and t.now == 0.0
-        await http.get("http://target/b")  # waits out the hold before taking a connection
+    hold = RetryAfterHold(gate, t.clock, wall_clock=lambda: 1_000_000.0)
+    await hold.before_send()
+    hold.on_answer(answer(429, headers={"Retry-After": "5"}))
+    assert t.now == 0.0
+    await hold.before_send()  # the next request waits out the hold on its connection
+    assert t.now == 5.0
+    hold.on_answer(answer(200))
+    hold.on_answer(answer(503))  # no Retry-After: no hold
+    await hold.before_send()
     assert t.now == 5.0
 
 
 async def test_transport_errors_are_retryable_and_say_nothing_of_the_url() -> None:
-    def boom(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
+    def boom(request: Sent) -> Answer:
+        raise HttpConnectionError("connect failed: ConnectionRefusedError")
+
+    def slow(request: Sent) -> Answer:
+        raise HttpTimeout("no complete answer in time")
 
     with pytest.raises(RetryableDeliveryError) as info:
         await client(boom).send(REQ)
     assert info.value.reason == "connection" and "mboxPC" not in str(info.value)
+    with pytest.raises(RetryableDeliveryError) as info:
+        await client(slow).send(REQ)
+    assert info.value.reason == "timeout" and "mboxPC" not in str(info.value)
 
 
-async def test_the_token_goes_in_the_authorization_header_only() -> None:
-    seen: list[httpx.Request] = []
+async def test_a_post_is_a_form_and_a_get_has_no_content_type() -> None:
+    seen: list[Sent] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Answer:
         seen.append(request)
-        return httpx.Response(200, content=OK)
+        return answer(200, OK)
 
-    await client(handler, token="s3cret").send(REQ)
-    assert seen[0].headers["Authorization"] == "Bearer s3cret"
-    assert "s3cret" not in str(seen[0].url)
+    await client(handler).send(REQ)
+    await client(handler).send(TargetRequest("POST", "https://t/m2/acme/profile/update", b"a=1"))
+    assert [(r.method, r.content_type, r.body) for r in seen] == [
+        ("GET", None, b""),
+        ("POST", "application/x-www-form-urlencoded", b"a=1"),
+    ]
 
 
 def delivery(handler, t: FakeTime, retry_max: float = 3600.0, threshold: int = 100):  # type: ignore[no-untyped-def]
@@ -134,13 +175,13 @@ async def test_retries_until_success_honouring_retry_after_exactly() -> None:
     t = FakeTime()
     attempts: list[float] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Answer:
         attempts.append(t.now)
         if len(attempts) == 1:
-            return httpx.Response(429, headers={"Retry-After": "12"})
+            return answer(429, headers={"Retry-After": "12"})
         if len(attempts) == 2:
-            return httpx.Response(503)
-        return httpx.Response(200, content=OK)
+            return answer(503)
+        return answer(200, OK)
 
     d, _, gate = delivery(handler, t)
     await d.deliver(REQ)
@@ -151,7 +192,7 @@ async def test_retries_until_success_honouring_retry_after_exactly() -> None:
 
 async def test_retries_are_bounded_by_time_then_permanent() -> None:
     t = FakeTime()
-    d, _, _ = delivery(lambda r: httpx.Response(503), t, retry_max=120.0)
+    d, _, _ = delivery(lambda r: answer(503), t, retry_max=120.0)
     with pytest.raises(PermanentDeliveryError) as info:
         await d.deliver(REQ)
     assert info.value.reason == "retries_exhausted"
@@ -163,9 +204,9 @@ async def test_circuit_opens_after_repeated_failures_and_closes_on_a_good_probe(
     calls: list[float] = []
     healthy_at = 30.0
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Answer:
         calls.append(t.now)
-        return httpx.Response(200, content=OK) if t.now >= healthy_at else httpx.Response(503)
+        return answer(200, OK) if t.now >= healthy_at else answer(503)
 
     d, circuit, _ = delivery(handler, t, threshold=3)
     opened: list[bool] = []
