@@ -14,10 +14,9 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import certifi
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from prometheus_client import CollectorRegistry
 
 from consumer.avro import Decoder, load_schema, registry_client, registry_lookup
@@ -36,6 +35,9 @@ from consumer.target.client import RetryAfterHold, TargetClient
 from consumer.target.delivery import CircuitBreaker, Delivery
 from consumer.target.http11 import HttpPool
 from consumer.target.request import endpoint
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,16 @@ import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from consumer.errors import ConfigError, DecodeError, RegistryUnavailable
+
+if TYPE_CHECKING:
+    # Imported where used: the registry client pulls in httpx and authlib, a third of the
+    # consumer's start-up, and most deployments read a local writer schema.
+    from confluent_kafka.schema_registry import SchemaRegistryClient
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -122,11 +125,14 @@ class Decoder:
 
 def registry_client(url: str) -> SchemaRegistryClient:
     """confluent-kafka's client; a `mock://` URL gives an in-memory registry (per instance)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
     return SchemaRegistryClient.new_client({"url": url})
 
 
 def registry_lookup(client: SchemaRegistryClient) -> SchemaLookup:
     """A writer-schema lookup by id backed by a Schema Registry client."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
 
     def lookup(schema_id: int) -> str:
         try:
