@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -33,38 +34,66 @@ class Batch(Generic[Ref]):
         return self.key[1]
 
 
+_Entry = tuple[float, int, ProfileKey]  # (due, sequence number, profile): a queue entry
+
+
 class Coalescer(Generic[Ref]):
+    """Batches come due in (due, arrival) order, from two queues that act as one heap.
+
+    A new batch is due `window` after `now`, and `now` comes from a monotonic clock, so it
+    joins the end of a FIFO deque already in order, at O(1). The entries that would break
+    that order go into a heap instead, which stays small: batches re-queued by done() (they
+    keep the due of their first event) and any added with a `now` that went back. pop_ready
+    and next_due take the lesser head of the two.
+    """
+
     def __init__(self, window_seconds: float) -> None:
         self._window = window_seconds
         self._waiting: dict[ProfileKey, Batch[Ref]] = {}
         self._in_flight: set[ProfileKey] = set()
-        self._heap: list[tuple[float, int, ProfileKey]] = []
+        self._fifo: deque[_Entry] = deque()
+        self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._flushing = False
 
     def add(self, key: ProfileKey, attributes: dict[str, str], ref: Ref, now: float) -> bool:
-        """Queue an update; True when it merged into a waiting batch."""
+        """Queue an update; True when it merged into a waiting batch.
+
+        `attributes` is taken over, not copied: a new batch keeps that very dict and later
+        updates of the profile are merged into it, so the caller must not use it again.
+        """
         batch = self._waiting.get(key)
         if batch is not None:
             batch.attributes.update(attributes)
             batch.refs.append(ref)
             return True
         due = now if self._flushing else now + self._window
-        self._waiting[key] = Batch(key, dict(attributes), [ref], due)
+        self._waiting[key] = Batch(key, attributes, [ref], due)
         if key not in self._in_flight:
-            heapq.heappush(self._heap, (due, next(self._seq), key))
+            entry = (due, next(self._seq), key)
+            if self._fifo and due < self._fifo[-1][0]:
+                heapq.heappush(self._heap, entry)
+            else:
+                self._fifo.append(entry)
         return False
 
     def pop_ready(self, now: float, limit: int) -> list[Batch[Ref]]:
         """Up to `limit` batches whose window has passed and whose profile is idle."""
         ready: list[Batch[Ref]] = []
-        while self._heap and len(ready) < limit and self._heap[0][0] <= now:
-            _, _, key = heapq.heappop(self._heap)
-            batch = self._waiting.get(key)
-            if batch is None or key in self._in_flight:
-                continue  # stale entry: re-queued by done()
-            del self._waiting[key]
-            self._in_flight.add(key)
+        waiting, in_flight, fifo, heap = self._waiting, self._in_flight, self._fifo, self._heap
+        while len(ready) < limit:
+            if heap and (not fifo or heap[0] < fifo[0]):
+                if heap[0][0] > now:
+                    break
+                _, _, key = heapq.heappop(heap)
+            elif fifo and fifo[0][0] <= now:
+                _, _, key = fifo.popleft()
+            else:
+                break
+            batch = None if key in in_flight else waiting.pop(key, None)
+            if batch is None:
+                continue  # stale entry: its batch went with another entry of the profile
+            in_flight.add(key)
             ready.append(batch)
         return ready
 
@@ -76,13 +105,15 @@ class Coalescer(Generic[Ref]):
             heapq.heappush(self._heap, (batch.due, next(self._seq), key))
 
     def next_due(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        heads = [queue[0] for queue in (self._fifo, self._heap) if queue]
+        return min(heads)[0] if heads else None
 
     def flush(self) -> None:
         """Shutting down: stop waiting for more events, everything is due now."""
         self._flushing = True
         for batch in self._waiting.values():
             batch.due = float("-inf")
+        self._fifo = deque((float("-inf"), s, k) for _, s, k in self._fifo)
         self._heap = [(float("-inf"), s, k) for _, s, k in self._heap]
         heapq.heapify(self._heap)
 

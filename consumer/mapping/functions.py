@@ -141,6 +141,8 @@ class MappingFunctions(jp_functions.Functions):  # type: ignore[misc]  # jmespat
 
     @signature({"types": ["timestamp", "number", "string", "null"]})
     def _func_iso8601(self, arg: Any) -> str | None:
+        if type(arg) is datetime:  # what fastavro gives: skip the conversions
+            return render_timestamp(arg)
         moment = _to_datetime(arg)
         return None if moment is None else render_timestamp(moment)
 
@@ -168,10 +170,56 @@ class MappingFunctions(jp_functions.Functions):  # type: ignore[misc]  # jmespat
 
     @signature({"types": _SCALAR_TYPES, "variadic": True})
     def _func_concat(self, *args: Any) -> str | None:
-        parts = [render(arg) for arg in args]
-        if all(part is None for part in parts):
+        parts = list(map(render, args))
+        if parts.count(None) == len(parts):
             return None
-        return "".join(part for part in parts if part is not None)
+        return "".join(filter(None, parts))  # drops the nulls (and empty strings)
+
+    def evaluator(self, name: str, args: tuple[Callable[[Any], Any], ...]) -> Callable[[Any], Any]:
+        """What JMESPath's `call_function(name, [arg(value) for arg in args])` gives, as a
+        callable of `value`, with the table lookup, the arity check and each argument's
+        allowed type names done once instead of on every call."""
+        spec = self.FUNCTION_TABLE.get(name)
+        if spec is None or not _arity_fits(spec["signature"], len(args)):
+            call = self.call_function  # raises as JMESPath does, at run time
+            return lambda value: call(name, [arg(value) for arg in args])
+        function = spec["function"]
+        checks = self._argument_checks(spec["signature"], len(args))
+        check = self._type_check_single
+
+        def evaluate(value: Any) -> Any:
+            resolved = [arg(value) for arg in args]
+            for index, allowed, types in checks:
+                if allowed is None or type(resolved[index]).__name__ not in allowed:
+                    check(resolved[index], types, name)  # raises, or checks the elements
+            return function(self, *resolved)
+
+        if len(args) != 1:
+            return evaluate
+        # The common case, `lower(x)`, unrolled: no list, no loop (twice as fast).
+        (arg,) = args
+        _, allowed, types = checks[0] if checks else (0, None, [])
+
+        def evaluate_one(value: Any) -> Any:
+            resolved = arg(value)
+            if types and (allowed is None or type(resolved).__name__ not in allowed):
+                check(resolved, types, name)
+            return function(self, resolved)
+
+        return evaluate_one
+
+    def _argument_checks(
+        self, signature: Sequence[dict[str, Any]], count: int
+    ) -> tuple[tuple[int, frozenset[str] | None, list[str]], ...]:
+        """(index, allowed type names, types) of each typed argument, in the order JMESPath
+        checks them; None instead of the names when the element types need checking too."""
+        checks = []
+        for index in range(count):
+            types = signature[min(index, len(signature) - 1)]["types"]
+            if types:
+                allowed, subtypes = self._get_allowed_pytypes(types)
+                checks.append((index, None if subtypes else frozenset(allowed), types))
+        return tuple(checks)
 
     def _type_check(self, actual: Sequence[Any], signature: Any, function_name: str) -> None:
         # JMESPath checks only as many arguments as the signature lists; a variadic
@@ -182,6 +230,13 @@ class MappingFunctions(jp_functions.Functions):  # type: ignore[misc]  # jmespat
             if types:
                 for extra in actual[len(signature) :]:
                     self._type_check_single(extra, types, function_name)
+
+
+def _arity_fits(signature: Sequence[dict[str, Any]], count: int) -> bool:
+    # JMESPath's _validate_arguments: a variadic last entry takes any number of extras.
+    if signature and signature[-1].get("variadic"):
+        return count >= len(signature)
+    return count == len(signature)
 
 
 def _to_datetime(arg: Any) -> datetime | None:

@@ -19,17 +19,24 @@ go to logs and DLQ headers, and values may be personal data.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from jmespath.exceptions import JMESPathTypeError
 
 from consumer.errors import MappingError
 from consumer.mapping.render import render
-from consumer.mapping.rules import Evaluator, IdentitySource, RuleSet
+from consumer.mapping.rules import (
+    Evaluator,
+    IdentitySource,
+    Rule,
+    RuleSet,
+    discriminator,
+    field_getter,
+)
 
 MAX_THIRD_PARTY_ID = 256
-_FORBIDDEN_IN_THIRD_PARTY_ID = ("+", "/")
 # What an expression or a function may raise on unexpected data (JMESPathError and
 # UnrenderableValueError are ValueErrors; comparing a number with a string is a TypeError).
 _EVALUATION_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
@@ -38,9 +45,13 @@ _Identity = tuple[tuple[str, str, Evaluator], ...]  # (id type, expression text,
 _CompiledRule = tuple[str, Evaluator | None, tuple[tuple[str, Evaluator], ...], _Identity | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProfileUpdate:
-    """The update one event asks for: which profile, and the attributes to set."""
+    """The update one event asks for: which profile, and the attributes to set.
+
+    Not frozen: a frozen dataclass pays a setattr call per field, once per event. Its
+    `attributes` is a fresh dict that the caller owns (the Coalescer merges into it).
+    """
 
     identity_type: str  # "mbox3rdPartyId" or "mboxPC"
     identity: str
@@ -49,22 +60,22 @@ class ProfileUpdate:
 
 
 class Mapper:
-    """Applies a RuleSet to decoded events. Stateless after construction; thread-safe."""
+    """Applies a RuleSet to decoded events. Stateless after construction; thread-safe.
+
+    Most rules start their `when` with a test like `channel == 'LOAN'` (a Discriminator).
+    The rules are indexed by the literal of the field most of them test: an event whose field
+    holds a str evaluates, in file order, only the rules indexed under that string (their
+    `when` reduced to what follows the test) and the rules without a test on that field. Any
+    other value (null, missing, a number, a str subclass...) is rare: such an event evaluates
+    every rule with its whole `when`, exactly as written.
+    """
 
     def __init__(self, rules: RuleSet) -> None:
         self.ruleset = rules
         self._identity = _identity(rules.identity)
-        # Flat tuples of callables: the per-event loop touches no attribute lookups it
-        # can avoid and allocates nothing but the result.
-        self._rules: tuple[_CompiledRule, ...] = tuple(
-            (
-                rule.name,
-                None if rule.when is None else rule.when.evaluate,
-                tuple((name, expr.evaluate) for name, expr in rule.attributes),
-                None if rule.identity is None else _identity(rule.identity),
-            )
-            for rule in rules.rules
-        )
+        whens = [None if rule.when is None else rule.when.evaluate for rule in rules.rules]
+        self._rules = tuple(map(_compile, rules.rules, whens))
+        self._field, self._by_value, self._others = _index(rules.rules, whens)
 
     def map(self, event: dict[str, Any]) -> ProfileUpdate | None:
         """The profile update for `event`, or None when no rule matched.
@@ -72,12 +83,20 @@ class Mapper:
         Raises MappingError with reason no_identity, invalid_identity, invalid_value or
         no_attributes; nothing else.
         """
+        rules = self._rules
+        if self._field is not None:
+            try:
+                found = self._field(event)
+            except _EVALUATION_ERRORS:
+                found = None  # every rule then runs, and the one whose `when` fails says so
+            if type(found) is str:
+                rules = self._by_value.get(found, self._others)
         attributes: dict[str, str] = {}
         matched: list[str] = []
         identity = self._identity
         name, key = "", "when"
         try:
-            for name, when, rule_attributes, rule_identity in self._rules:
+            for name, when, rule_attributes, rule_identity in rules:
                 key = "when"
                 if when is not None and not _truthy(when(event)):
                     continue
@@ -106,6 +125,41 @@ class Mapper:
         return ProfileUpdate(identity_type, identity_value, attributes, tuple(matched))
 
 
+def _index(
+    rules: tuple[Rule, ...], whens: list[Evaluator | None]
+) -> tuple[Evaluator | None, dict[str, tuple[_CompiledRule, ...]], tuple[_CompiledRule, ...]]:
+    """The indexed field (None: no rule starts with a test), the rules to evaluate for each
+    string it is tested against, and those for any other string."""
+    tests = [None if r.when is None else discriminator(r.when.compiled.parsed) for r in rules]
+    paths = Counter(test.path for test in tests if test is not None)
+    if not paths:
+        return None, {}, ()
+    path = paths.most_common(1)[0][0]
+    # A test on another field stays a plain part of its rule's `when`.
+    tests = [test if test is not None and test.path == path else None for test in tests]
+
+    def candidates(literal: str | None) -> tuple[_CompiledRule, ...]:
+        # In file order; a rule indexed under `literal` keeps what follows its test.
+        return tuple(
+            _compile(rule, when if test is None else test.rest)
+            for rule, when, test in zip(rules, whens, tests, strict=True)
+            if test is None or test.literal == literal
+        )
+
+    by_value = {test.literal: candidates(test.literal) for test in tests if test is not None}
+    return field_getter(path), by_value, candidates(None)
+
+
+def _compile(rule: Rule, when: Evaluator | None) -> _CompiledRule:
+    # Flat tuples of callables: the per-event loop touches no attribute lookups it can avoid.
+    return (
+        rule.name,
+        when,
+        tuple((name, expr.evaluate) for name, expr in rule.attributes),
+        None if rule.identity is None else _identity(rule.identity),
+    )
+
+
 def _identity(sources: tuple[IdentitySource, ...]) -> _Identity:
     return tuple((s.type, s.expression.text, s.expression.evaluate) for s in sources)
 
@@ -128,26 +182,22 @@ def _resolve_identity(sources: _Identity, event: dict[str, Any]) -> tuple[str, s
             ) from exc
         if rendered is None or not rendered.strip():
             continue
-        if id_type == "mbox3rdPartyId":
-            _check_third_party_id(rendered, text)
+        if id_type == "mbox3rdPartyId" and (
+            len(rendered) > MAX_THIRD_PARTY_ID or "+" in rendered or "/" in rendered
+        ):
+            _refuse_third_party_id(rendered, text)
         return id_type, rendered
     tried = ", ".join(f"{text} ({id_type})" for id_type, text, _ in sources)
     raise MappingError("no_identity", f"no identity value: tried {tried}; each was null or empty")
 
 
-def _check_third_party_id(value: str, text: str) -> None:
+def _refuse_third_party_id(value: str, text: str) -> NoReturn:
     if len(value) > MAX_THIRD_PARTY_ID:
-        raise MappingError(
-            "invalid_identity",
-            f"mbox3rdPartyId from {text} has {len(value)} characters; "
-            f"Target allows at most {MAX_THIRD_PARTY_ID}",
-        )
-    for char in _FORBIDDEN_IN_THIRD_PARTY_ID:
-        if char in value:
-            raise MappingError(
-                "invalid_identity",
-                f"mbox3rdPartyId from {text} contains {char!r}, which Target does not allow",
-            )
+        problem = f"has {len(value)} characters; Target allows at most {MAX_THIRD_PARTY_ID}"
+    else:
+        char = "+" if "+" in value else "/"
+        problem = f"contains {char!r}, which Target does not allow"
+    raise MappingError("invalid_identity", f"mbox3rdPartyId from {text} {problem}")
 
 
 def _describe(exc: Exception) -> str:

@@ -40,7 +40,7 @@ from jmespath.exceptions import IncompleteExpressionError, JMESPathError
 from jmespath.visitor import TreeInterpreter, _is_comparable
 
 from consumer.errors import ConfigError
-from consumer.mapping.functions import OPTIONS, function_names, function_signature
+from consumer.mapping.functions import FUNCTIONS, OPTIONS, function_names, function_signature
 from consumer.mapping.schema_paths import AvroTypes, check_paths
 from consumer.yamlfile import read_yaml
 
@@ -53,6 +53,8 @@ _RULE_KEYS = ("name", "description", "when", "identity", "attributes")
 _INTERPRETER = TreeInterpreter(OPTIONS)
 
 Evaluator = Callable[[Any], Any]
+# Exact types JMESPath's `_is_comparable` accepts, tested first: it is an ABC isinstance check.
+_COMPARABLE = frozenset({int, float, str})
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,16 +335,10 @@ def compile_evaluator(parsed: dict[str, Any]) -> Evaluator:
     """A callable giving the same result as the JMESPath interpreter for this AST."""
     chain = _field_chain(parsed)
     if chain is not None:
-        return _getter(chain)
-    if parsed["type"] == "comparator" and parsed["value"] in ("eq", "ne"):
-        left, right = parsed["children"]
-        if right["type"] == "literal":
-            left, right = right, left
-        chain = _field_chain(right)
-        # JMESPath's equality special-cases only numbers vs booleans; with a string literal
-        # it is plain ==, so a direct comparison is exact.
-        if chain is not None and left["type"] == "literal" and type(left["value"]) is str:
-            return _string_test(_getter(chain), left["value"], parsed["value"] == "eq")
+        return field_getter(chain)
+    test = _string_comparison(parsed)
+    if test is not None:
+        return _string_test(field_getter(test[0]), test[1], parsed["value"] == "eq")
     if parsed["type"] == "literal":
         constant = parsed["value"]
         return lambda _event: constant
@@ -355,14 +351,8 @@ def _compile_node(node: dict[str, Any]) -> Evaluator | None:
     (comparisons, &&, ||, function calls), over compiled children; None for the others."""
     kind = node["type"]
     if kind == "function_expression":
-        name = node["value"]
         args = tuple(compile_evaluator(child) for child in node["children"])
-        call = _INTERPRETER._functions.call_function  # noqa: SLF001 - the interpreter's own
-
-        def function(value: Any) -> Any:
-            return call(name, [arg(value) for arg in args])
-
-        return function
+        return FUNCTIONS.evaluator(node["value"], args)
     if kind in ("and_expression", "or_expression"):
         first, second = (compile_evaluator(child) for child in node["children"])
         if kind == "and_expression":
@@ -386,9 +376,11 @@ def _compile_node(node: dict[str, Any]) -> Evaluator | None:
 
         def ordering(value: Any) -> Any:
             a, b = left(value), right(value)
-            if not (_is_comparable(a) and _is_comparable(b)):
-                return None
-            return compare(a, b)
+            if (type(a) in _COMPARABLE or _is_comparable(a)) and (
+                type(b) in _COMPARABLE or _is_comparable(b)
+            ):
+                return compare(a, b)
+            return None
 
         return ordering
     return None
@@ -413,7 +405,59 @@ def _field_chain(node: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _getter(keys: tuple[str, ...]) -> Evaluator:
+@dataclass(frozen=True, slots=True)
+class Discriminator:
+    """The test a `when` starts with, `path == 'literal'` (alone or as the first operand of
+    `&&`): only events whose field at `path` is that string can match the rule."""
+
+    path: tuple[str, ...]
+    literal: str
+    rest: Evaluator | None  # the rest of the `when` once the test passed; None: nothing more
+
+
+def discriminator(parsed: dict[str, Any]) -> Discriminator | None:
+    """The Discriminator of a `when` AST, or None when it does not start with such a test.
+
+    Only the first operand qualifies: `&&` evaluates left to right and stops at the first
+    false operand, so skipping the rule when that operand is false skips nothing that could
+    have run (or failed).
+    """
+    first, rest = _first_conjunct(parsed)
+    test = _string_comparison(first)
+    if test is None or first["value"] != "eq":
+        return None
+    return Discriminator(test[0], test[1], None if rest is None else compile_evaluator(rest))
+
+
+def _first_conjunct(node: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    # `a && b && c` parses as ((a && b) && c): the first operand is the leftmost leaf. Once it
+    # is true, ((a && b) && c) has the value of (b && c), the rest returned here.
+    if node["type"] != "and_expression":
+        return node, None
+    left, right = node["children"]
+    first, rest = _first_conjunct(left)
+    if rest is None:
+        return first, right
+    return first, {"type": "and_expression", "children": [rest, right]}
+
+
+def _string_comparison(node: dict[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    """(field path, literal) of `path == 'literal'` or `!=`, either way round; else None."""
+    if node["type"] != "comparator" or node["value"] not in ("eq", "ne"):
+        return None
+    left, right = node["children"]
+    if right["type"] == "literal":
+        left, right = right, left
+    chain = _field_chain(right)
+    # JMESPath's equality special-cases only numbers vs booleans; with a string literal
+    # it is plain ==, so a direct comparison (or a dict lookup of a str) is exact.
+    if chain is None or left["type"] != "literal" or type(left["value"]) is not str:
+        return None
+    return chain, left["value"]
+
+
+def field_getter(keys: tuple[str, ...]) -> Evaluator:
+    """The value at a field path, as JMESPath's `a.b.c` gives it (None where it is missing)."""
     # JMESPath's field step is `value.get(name)`, None when the value has no .get: same here.
     if len(keys) == 1:
         (key,) = keys

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from uuid import UUID
 
 import pytest
@@ -112,3 +112,16 @@ def test_decimals_keep_their_scale(value: Decimal) -> None:
     assert Decimal(text) == value
     assert len(text.partition(".")[2]) == 2
     assert "E" not in text.upper()
+
+
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+)
+def test_decimals_never_have_an_exponent_whatever_the_context(
+    value: Decimal, capitals: bool
+) -> None:
+    with localcontext() as context:
+        context.capitals = int(capitals)
+        text = render(value)
+    assert text == format(value, "f") and "e" not in text.lower()
