@@ -78,7 +78,8 @@ class AvroSettings(_Section):
 
 class TargetSettings(_Section):
     client_code: str = Field("acme", pattern=r"^[A-Za-z0-9_-]+$")
-    base_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    # No userinfo ("user:pass@"): it would travel in the Host header of every request.
+    base_url: str | None = Field(None, pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")
     token: SecretStr | None = None
     max_in_flight: int = Field(64, ge=1, le=10_000)
     timeout_seconds: float = Field(10.0, gt=0)

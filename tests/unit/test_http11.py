@@ -285,8 +285,10 @@ def test_bad_static_headers_are_refused_without_echoing_the_value() -> None:
     assert "s3cret" not in str(info.value)
     with pytest.raises(ValueError, match="bad header name"):
         HttpPool("http://t", 1, 1.0, headers={"Bad Name": "x"})
-    with pytest.raises(ValueError, match="not an http"):
-        HttpPool("ftp://t", 1, 1.0)
+    for url in ("ftp://t", "https://user:s3cret@t", "http:///path"):
+        with pytest.raises(ValueError, match="not an http") as info:
+            HttpPool(url, 1, 1.0)
+        assert "s3cret" not in str(info.value)
 
 
 async def test_against_the_simulator_get_post_and_its_token_check() -> None:
