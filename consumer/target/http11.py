@@ -324,6 +324,8 @@ class HttpPool:
                 self._on_answer(answer)
             if connection.reusable and not self._closed:
                 self._idle.append(connection)
+            else:
+                connection.close()  # spent, or the pool closed while it was busy
             return answer
         finally:
             self._slots.release()

@@ -308,3 +308,30 @@ async def test_against_the_simulator_get_post_and_its_token_check() -> None:
     assert refused.status == 401
     assert profiles[("mbox3rdPartyId", "c1")] == {"a": "&x"}
     assert profiles[("mbox3rdPartyId", "c2")] == {"b": "2"}
+
+
+async def test_a_connection_busy_when_the_pool_closes_is_closed_after_its_answer() -> None:
+    go, calls = asyncio.Event(), []
+
+    async def before_send() -> None:
+        calls.append(1)
+        if len(calls) == 2:  # holding the connection, right before writing
+            await go.wait()
+
+    script = Script(lambda head: OK)
+    async with raw_server(script) as url:
+        pool = HttpPool(url, 1, 5.0, before_send=before_send)
+        busy = asyncio.create_task(pool.request("GET", f"{url}/a"))
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)
+        await pool.aclose()
+        go.set()
+        assert (await busy).status == 200
+
+        async def server_sees_the_end() -> None:
+            while script.open_now:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(server_sees_the_end(), 5)
+        with pytest.raises(HttpConnectionError, match="closed"):
+            await pool.request("GET", f"{url}/b")
