@@ -211,6 +211,8 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, data: bytes, no_body: bool, timeout: float) -> Answer:
         assert self._transport is not None and self._waiter is None  # noqa: S101
+        if self.closed:  # a write would vanish and the answer never come: fail now
+            raise HttpConnectionError("the connection closed before the request was sent")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Answer] = loop.create_future()
         self._waiter = waiter
@@ -316,6 +318,9 @@ class HttpPool:
             try:
                 if self._before_send is not None:
                     await self._before_send()  # again: it may have changed while we waited
+                    if not connection.reusable:  # the peer closed it meanwhile
+                        connection.close()
+                        connection = await self._connection()
                 answer = await connection.exchange(data, method == "HEAD", self._timeout)
             except BaseException:
                 connection.close()

@@ -29,6 +29,7 @@ class Script:
     most_open: int = 0
     chunk_size: int = 0  # > 0: write the answer in pieces of this size
     close_after: bool = False
+    close_when: asyncio.Event | None = None  # with close_after: wait for it, then hang up
 
 
 @asynccontextmanager
@@ -51,6 +52,8 @@ async def raw_server(script: Script) -> AsyncIterator[str]:
                     return
                 await _write(writer, data, script.chunk_size)
                 if script.close_after:
+                    if script.close_when is not None:
+                        await script.close_when.wait()
                     return
         finally:
             script.open_now -= 1
@@ -335,3 +338,32 @@ async def test_a_connection_busy_when_the_pool_closes_is_closed_after_its_answer
         await asyncio.wait_for(server_sees_the_end(), 5)
         with pytest.raises(HttpConnectionError, match="closed"):
             await pool.request("GET", f"{url}/b")
+
+
+async def test_a_connection_the_peer_closes_during_a_hold_is_replaced_not_used() -> None:
+    hang_up, go, calls = asyncio.Event(), asyncio.Event(), []
+
+    async def before_send() -> None:
+        calls.append(1)
+        if len(calls) == 4:  # the second request, holding the idle connection
+            await go.wait()
+
+    script = Script(lambda head: OK, close_after=True, close_when=hang_up)
+    async with raw_server(script) as url:
+        pool = HttpPool(url, 1, 5.0, before_send=before_send)
+        await pool.request("GET", f"{url}/a")
+        second = asyncio.create_task(pool.request("GET", f"{url}/b"))
+        while len(calls) < 4:
+            await asyncio.sleep(0.01)
+        hang_up.set()  # the server closes the connection the second request holds
+
+        async def server_sees_the_end() -> None:
+            while script.open_now:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(server_sees_the_end(), 5)
+        await asyncio.sleep(0.05)  # the FIN reaches the client
+        go.set()
+        answer = await asyncio.wait_for(second, 2)  # not the 5 s timeout
+        await pool.aclose()
+    assert answer.status == 200 and script.connections == 2
