@@ -291,7 +291,7 @@ def _handover(
 def _tls_context(settings: Settings) -> ssl.SSLContext:
     """Verify against certifi's bundle (as httpx did), a configured CA bundle, or not at all."""
     tls = settings.target.verify_tls
-    cafile = certifi.where() if tls is True or tls is False else str(settings.resolve(tls))
+    cafile = certifi.where() if isinstance(tls, bool) else str(settings.resolve(tls))
     context = ssl.create_default_context(cafile=cafile)
     if tls is False:
         context.check_hostname = False

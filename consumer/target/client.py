@@ -61,9 +61,9 @@ class RetryAfterHold:
     """Applies Retry-After at the connection level, through the pool's two hooks.
 
     The hold is set as soon as an answer is read, before its connection is free again, and
-    checked once a request holds a connection, right before it is written. Applied only after
-    the answer reached the caller, a task that had already passed the quota gate could take the
-    freed connection and send before the hold existed.
+    checked before a request takes a connection and again right before it is written.
+    Applied only after the answer reached the caller, a task that had already passed the quota
+    gate could take the freed connection and send before the hold existed.
     """
 
     def __init__(

@@ -54,8 +54,7 @@ class _ProtocolViolation(Exception):
 class _AnswerReader:
     """Incremental parser of one answer; feed() consumes from a shared buffer."""
 
-    def __init__(self, no_body: bool) -> None:
-        self._no_body = no_body
+    def __init__(self) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.keep_alive = True
@@ -106,7 +105,7 @@ class _AnswerReader:
         self.status, self.headers, self._head_done = status, headers, True
         connection = headers.get("connection", "").lower()
         self.keep_alive = version == "HTTP/1.1" and "close" not in connection
-        if self._no_body or status in (204, 304):
+        if status in (204, 304):  # no body, whatever the headers say (we never send HEAD)
             self._length = 0
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._chunked = True
@@ -209,14 +208,14 @@ class _Connection(asyncio.Protocol):
 
     # --- used by the pool -----------------------------------------------------------------
 
-    async def exchange(self, data: bytes, no_body: bool, timeout: float) -> Answer:
+    async def exchange(self, data: bytes, timeout: float) -> Answer:
         assert self._transport is not None and self._waiter is None  # noqa: S101
         if self.closed:  # a write would vanish and the answer never come: fail now
             raise HttpConnectionError("the connection closed before the request was sent")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Answer] = loop.create_future()
         self._waiter = waiter
-        self._reader = _AnswerReader(no_body)
+        self._reader = _AnswerReader()
         timer = loop.call_later(timeout, self._time_out, waiter)
         try:
             self._transport.write(data)
@@ -321,7 +320,7 @@ class HttpPool:
                     if not connection.reusable:  # the peer closed it meanwhile
                         connection.close()
                         connection = await self._connection()
-                answer = await connection.exchange(data, method == "HEAD", self._timeout)
+                answer = await connection.exchange(data, self._timeout)
             except BaseException:
                 connection.close()
                 raise
@@ -358,7 +357,8 @@ class HttpPool:
             await self._slots.acquire()
             return
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
         except TimeoutError:
             raise HttpTimeout("no free connection in time") from None
 

@@ -12,10 +12,63 @@ import pytest
 from consumer.embedded import free_port
 from consumer.errors import HttpConnectionError, HttpTimeout
 from consumer.simulator import SimulatorConfig, TargetSimulator
+from consumer.target import http11
 from consumer.target.http11 import Answer, HttpPool
 
 pytestmark = pytest.mark.unit
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Tally:
+    """A count that a test can await, instead of polling it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def add(self) -> None:
+        self.count += 1
+        self._changed.set()
+
+    async def reach(self, count: int) -> None:
+        async with asyncio.timeout(5):
+            while self.count < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Hold:
+    """A before_send hook that stops its n-th call until `go` is set; `reached` says it got there.
+
+    The pool calls before_send twice per request: before taking a connection, then holding it.
+    """
+
+    def __init__(self, call: int) -> None:
+        self.calls = Tally()
+        self.go = asyncio.Event()
+        self._call = call
+
+    async def __call__(self) -> None:
+        self.calls.add()
+        if self.calls.count == self._call:
+            await self.go.wait()
+
+    async def reached(self) -> None:
+        await self.calls.reach(self._call)
+
+
+@pytest.fixture
+def fins(monkeypatch: pytest.MonkeyPatch) -> Tally:
+    """Counts the FINs the client's connections receive (the peer closed its side)."""
+    tally = Tally()
+    original = http11._Connection.eof_received  # noqa: SLF001
+
+    def eof_received(self: http11._Connection) -> bool:  # noqa: SLF001
+        tally.add()
+        return original(self)
+
+    monkeypatch.setattr(http11._Connection, "eof_received", eof_received)  # noqa: SLF001
+    return tally
 
 
 @dataclass
@@ -30,6 +83,7 @@ class Script:
     chunk_size: int = 0  # > 0: write the answer in pieces of this size
     close_after: bool = False
     close_when: asyncio.Event | None = None  # with close_after: wait for it, then hang up
+    ended: Tally = field(default_factory=Tally)  # connections the server has closed
 
 
 @asynccontextmanager
@@ -58,6 +112,7 @@ async def raw_server(script: Script) -> AsyncIterator[str]:
         finally:
             script.open_now -= 1
             writer.close()
+            script.ended.add()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -201,21 +256,14 @@ async def test_connect_failures_and_a_full_pool() -> None:
     pool = HttpPool(f"http://127.0.0.1:{port}", 1, 5.0)
     with pytest.raises(HttpConnectionError, match="connect failed"):
         await pool.request("GET", f"http://127.0.0.1:{port}/a")
-    calls, go = [], asyncio.Event()
-
-    async def before_send() -> None:
-        calls.append(1)
-        if len(calls) == 2:  # the first request, holding the only connection
-            await go.wait()
-
+    hold = Hold(2)  # the first request, holding the only connection
     async with raw_server(Script(lambda head: OK)) as url:
-        pool = HttpPool(url, 1, 0.3, before_send=before_send)
+        pool = HttpPool(url, 1, 0.3, before_send=hold)
         first = asyncio.create_task(pool.request("GET", f"{url}/a"))
-        while len(calls) < 2:
-            await asyncio.sleep(0.01)
+        await hold.reached()
         with pytest.raises(HttpTimeout, match="no free connection"):
             await pool.request("GET", f"{url}/b")
-        go.set()
+        hold.go.set()
         assert (await first).status == 200
         await pool.aclose()
 
@@ -230,13 +278,13 @@ async def test_never_more_connections_than_allowed() -> None:
     assert script.most_open <= 4 and script.connections <= 4
 
 
-async def test_an_idle_connection_the_server_closed_is_dropped_not_used() -> None:
+async def test_an_idle_connection_the_server_closed_is_dropped_not_used(fins: Tally) -> None:
     script = Script(lambda head: OK, close_after=True)  # closes after each answer
     async with raw_server(script) as url:
         pool = HttpPool(url, 1, 5.0)
-        for _ in range(3):
+        for sent in range(1, 4):
             await pool.request("GET", f"{url}/a")
-            await asyncio.sleep(0.05)  # let the FIN arrive while the connection is idle
+            await fins.reach(sent)  # the FIN arrived while the connection was idle
         await pool.aclose()
     assert script.connections == 3 and len(script.requests) == 3
 
@@ -314,56 +362,33 @@ async def test_against_the_simulator_get_post_and_its_token_check() -> None:
 
 
 async def test_a_connection_busy_when_the_pool_closes_is_closed_after_its_answer() -> None:
-    go, calls = asyncio.Event(), []
-
-    async def before_send() -> None:
-        calls.append(1)
-        if len(calls) == 2:  # holding the connection, right before writing
-            await go.wait()
-
+    hold = Hold(2)  # holding the connection, right before writing
     script = Script(lambda head: OK)
     async with raw_server(script) as url:
-        pool = HttpPool(url, 1, 5.0, before_send=before_send)
+        pool = HttpPool(url, 1, 5.0, before_send=hold)
         busy = asyncio.create_task(pool.request("GET", f"{url}/a"))
-        while len(calls) < 2:
-            await asyncio.sleep(0.01)
+        await hold.reached()
         await pool.aclose()
-        go.set()
+        hold.go.set()
         assert (await busy).status == 200
-
-        async def server_sees_the_end() -> None:
-            while script.open_now:
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(server_sees_the_end(), 5)
+        await script.ended.reach(1)  # the client closed it: the server sees the end
         with pytest.raises(HttpConnectionError, match="closed"):
             await pool.request("GET", f"{url}/b")
 
 
-async def test_a_connection_the_peer_closes_during_a_hold_is_replaced_not_used() -> None:
-    hang_up, go, calls = asyncio.Event(), asyncio.Event(), []
-
-    async def before_send() -> None:
-        calls.append(1)
-        if len(calls) == 4:  # the second request, holding the idle connection
-            await go.wait()
-
+async def test_a_connection_the_peer_closes_during_a_hold_is_replaced_not_used(
+    fins: Tally,
+) -> None:
+    hang_up, hold = asyncio.Event(), Hold(4)  # the second request, holding the idle connection
     script = Script(lambda head: OK, close_after=True, close_when=hang_up)
     async with raw_server(script) as url:
-        pool = HttpPool(url, 1, 5.0, before_send=before_send)
+        pool = HttpPool(url, 1, 5.0, before_send=hold)
         await pool.request("GET", f"{url}/a")
         second = asyncio.create_task(pool.request("GET", f"{url}/b"))
-        while len(calls) < 4:
-            await asyncio.sleep(0.01)
+        await hold.reached()
         hang_up.set()  # the server closes the connection the second request holds
-
-        async def server_sees_the_end() -> None:
-            while script.open_now:
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(server_sees_the_end(), 5)
-        await asyncio.sleep(0.05)  # the FIN reaches the client
-        go.set()
+        await fins.reach(1)  # and the client has seen it
+        hold.go.set()
         answer = await asyncio.wait_for(second, 2)  # not the 5 s timeout
         await pool.aclose()
     assert answer.status == 200 and script.connections == 2
