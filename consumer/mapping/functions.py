@@ -53,6 +53,11 @@ _JMESPATH_TYPES: dict[str, str] = {
     "datetime": "timestamp",
 }
 
+# Python type name -> the type, for the names above that name a builtin or Avro value type.
+_PYTHON_TYPES: dict[str, type] = {
+    t.__name__: t for t in (bool, list, dict, type(None), str, float, int, Decimal, datetime)
+}
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -163,46 +168,79 @@ class MappingFunctions(jp_functions.Functions):  # type: ignore[misc]  # jmespat
 
     @signature({"types": [], "variadic": True})
     def _func_coalesce(self, *args: Any) -> Any:
-        for arg in args:
-            if arg is not None and arg != "":
-                return arg
-        return None
+        return _coalesce(args)
 
     @signature({"types": _SCALAR_TYPES, "variadic": True})
     def _func_concat(self, *args: Any) -> str | None:
-        parts = list(map(render, args))
-        if parts.count(None) == len(parts):
-            return None
-        return "".join(filter(None, parts))  # drops the nulls (and empty strings)
+        return _concat(args)
 
     def evaluator(self, name: str, args: tuple[Callable[[Any], Any], ...]) -> Callable[[Any], Any]:
         """What JMESPath's `call_function(name, [arg(value) for arg in args])` gives, as a
         callable of `value`, with the table lookup, the arity check and each argument's
-        allowed type names done once instead of on every call."""
+        allowed types resolved once instead of on every call."""
         spec = self.FUNCTION_TABLE.get(name)
         if spec is None or not _arity_fits(spec["signature"], len(args)):
             call = self.call_function  # raises as JMESPath does, at run time
             return lambda value: call(name, [arg(value) for arg in args])
-        function = spec["function"]
         checks = self._argument_checks(spec["signature"], len(args))
+        if len(args) == 1:
+            return self._evaluator_one(name, spec["function"], args[0], checks)
+        on_list = _ON_LIST.get(name)
+        if on_list is not None:
+            return self._evaluator_on_list(name, on_list, args, checks)
+        function = spec["function"]
         check = self._type_check_single
 
         def evaluate(value: Any) -> Any:
             resolved = [arg(value) for arg in args]
             for index, allowed, types in checks:
-                if allowed is None or type(resolved[index]).__name__ not in allowed:
+                if allowed is None or type(resolved[index]) not in allowed:
                     check(resolved[index], types, name)  # raises, or checks the elements
             return function(self, *resolved)
 
-        if len(args) != 1:
-            return evaluate
+        return evaluate
+
+    def _evaluator_on_list(
+        self,
+        name: str,
+        on_list: Callable[[Sequence[Any]], Any],
+        args: tuple[Callable[[Any], Any], ...],
+        checks: tuple[tuple[int, frozenset[type] | None, list[str]], ...],
+    ) -> Callable[[Any], Any]:
+        # concat and coalesce take their argument list as it is: no *args unpacking, no bound
+        # method (concat of 5 arguments: 1.9 us instead of 2.6). Their signature is one
+        # variadic entry of scalar types, so one check, without element types, fits them all.
+        if not checks:
+            return lambda value: on_list([arg(value) for arg in args])
+        allowed, types = checks[0][1], checks[0][2]
+        assert allowed is not None  # noqa: S101 - scalar types have no element types
+        check = self._type_check_single
+
+        def evaluate_list(value: Any) -> Any:
+            resolved = [arg(value) for arg in args]
+            for item in resolved:
+                if type(item) not in allowed:
+                    check(item, types, name)  # raises unless the type's name is allowed
+            return on_list(resolved)
+
+        return evaluate_list
+
+    def _evaluator_one(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        arg: Callable[[Any], Any],
+        checks: tuple[tuple[int, frozenset[type] | None, list[str]], ...],
+    ) -> Callable[[Any], Any]:
         # The common case, `lower(x)`, unrolled: no list, no loop (twice as fast).
-        (arg,) = args
-        _, allowed, types = checks[0] if checks else (0, None, [])
+        if not checks:
+            return lambda value: function(self, arg(value))
+        ((_, allowed, types),) = checks
+        check = self._type_check_single
 
         def evaluate_one(value: Any) -> Any:
             resolved = arg(value)
-            if types and (allowed is None or type(resolved).__name__ not in allowed):
+            if allowed is None or type(resolved) not in allowed:
                 check(resolved, types, name)
             return function(self, resolved)
 
@@ -210,15 +248,18 @@ class MappingFunctions(jp_functions.Functions):  # type: ignore[misc]  # jmespat
 
     def _argument_checks(
         self, signature: Sequence[dict[str, Any]], count: int
-    ) -> tuple[tuple[int, frozenset[str] | None, list[str]], ...]:
-        """(index, allowed type names, types) of each typed argument, in the order JMESPath
-        checks them; None instead of the names when the element types need checking too."""
+    ) -> tuple[tuple[int, frozenset[type] | None, list[str]], ...]:
+        """(index, allowed types, type names) of each typed argument, in the order JMESPath
+        checks them. A value of an allowed type passes at once; any other goes through
+        JMESPath's own check by type NAME (which raises, or passes a class that merely shares
+        a name). None instead of the types: the elements need checking too."""
         checks = []
         for index in range(count):
             types = signature[min(index, len(signature) - 1)]["types"]
             if types:
                 allowed, subtypes = self._get_allowed_pytypes(types)
-                checks.append((index, None if subtypes else frozenset(allowed), types))
+                fast = frozenset(_PYTHON_TYPES[n] for n in allowed if n in _PYTHON_TYPES)
+                checks.append((index, None if subtypes else fast, types))
         return tuple(checks)
 
     def _type_check(self, actual: Sequence[Any], signature: Any, function_name: str) -> None:
@@ -237,6 +278,24 @@ def _arity_fits(signature: Sequence[dict[str, Any]], count: int) -> bool:
     if signature and signature[-1].get("variadic"):
         return count >= len(signature)
     return count == len(signature)
+
+
+def _coalesce(args: Sequence[Any]) -> Any:
+    for arg in args:
+        if arg is not None and arg != "":
+            return arg
+    return None
+
+
+def _concat(args: Sequence[Any]) -> str | None:
+    parts = [arg if type(arg) is str else render(arg) for arg in args]
+    if parts.count(None) == len(parts):
+        return None
+    return "".join(filter(None, parts))  # drops the nulls (and empty strings)
+
+
+# Variadic functions evaluated on the list of their arguments (see `evaluator`).
+_ON_LIST: dict[str, Callable[[Sequence[Any]], Any]] = {"coalesce": _coalesce, "concat": _concat}
 
 
 def _to_datetime(arg: Any) -> datetime | None:

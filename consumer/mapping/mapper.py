@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from jmespath.exceptions import JMESPathTypeError
 
 from consumer.errors import MappingError
-from consumer.mapping.render import render
+from consumer.mapping.render import render, render_value
 from consumer.mapping.rules import (
     Evaluator,
     IdentitySource,
@@ -43,6 +43,11 @@ _EVALUATION_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, Attri
 
 _Identity = tuple[tuple[str, str, Evaluator], ...]  # (id type, expression text, evaluate)
 _CompiledRule = tuple[str, Evaluator | None, tuple[tuple[str, Evaluator], ...], _Identity | None]
+# An index entry: its rules; when none has a `when` left, their attributes in one list (else
+# None), their names and the identity list that applies (else () and the top-level list).
+_Plan = tuple[
+    tuple[_CompiledRule, ...], tuple[tuple[str, Evaluator], ...] | None, tuple[str, ...], _Identity
+]
 
 
 @dataclass(slots=True)
@@ -68,14 +73,20 @@ class Mapper:
     `when` reduced to what follows the test) and the rules without a test on that field. Any
     other value (null, missing, a number, a str subclass...) is rare: such an event evaluates
     every rule with its whole `when`, exactly as written.
+
+    When none of an index entry's rules has a `when` left, every one of them matches: the
+    entry is a Plan with their attributes in one flat list, and the matched names and the
+    identity list known in advance.
     """
 
     def __init__(self, rules: RuleSet) -> None:
         self.ruleset = rules
         self._identity = _identity(rules.identity)
         whens = [None if rule.when is None else rule.when.evaluate for rule in rules.rules]
-        self._rules = tuple(map(_compile, rules.rules, whens))
-        self._field, self._by_value, self._others = _index(rules.rules, whens)
+        self._all = self._plan(tuple(map(_compile, rules.rules, whens)))
+        self._field, by_value, others = _index(rules.rules, whens)
+        self._by_value = {literal: self._plan(entry) for literal, entry in by_value.items()}
+        self._others = self._plan(others)
 
     def map(self, event: dict[str, Any]) -> ProfileUpdate | None:
         """The profile update for `event`, or None when no rule matched.
@@ -83,14 +94,33 @@ class Mapper:
         Raises MappingError with reason no_identity, invalid_identity, invalid_value or
         no_attributes; nothing else.
         """
-        rules = self._rules
+        plan = self._all
         if self._field is not None:
             try:
                 found = self._field(event)
             except _EVALUATION_ERRORS:
                 found = None  # every rule then runs, and the one whose `when` fails says so
             if type(found) is str:
-                rules = self._by_value.get(found, self._others)
+                plan = self._by_value.get(found, self._others)
+        rules, flat, names, identity = plan
+        if flat is None:
+            return self._map_rules(event, rules)
+        if not names:
+            return None
+        attributes: dict[str, str] = {}
+        try:
+            for key, evaluate in flat:
+                value = evaluate(event)
+                if value is not None:
+                    attributes[key] = value if type(value) is str else render_value(value)
+        except _EVALUATION_ERRORS:
+            # Evaluation is pure: the rule-by-rule pass fails the same way, and names the rule.
+            return self._map_rules(event, rules)
+        return _update(attributes, names, identity, event)
+
+    def _map_rules(
+        self, event: dict[str, Any], rules: tuple[_CompiledRule, ...]
+    ) -> ProfileUpdate | None:
         attributes: dict[str, str] = {}
         matched: list[str] = []
         identity = self._identity
@@ -105,24 +135,36 @@ class Mapper:
                     identity = rule_identity
                 for key, evaluate in rule_attributes:
                     value = evaluate(event)
-                    if value is None:
-                        continue
-                    rendered = value if type(value) is str else render(value)
-                    if rendered is not None:
-                        attributes[key] = rendered
+                    if value is not None:
+                        attributes[key] = value if type(value) is str else render_value(value)
         except _EVALUATION_ERRORS as exc:
             where = "when" if key == "when" else f"attribute {key!r}"
             message = f"rule {name!r}: {where}: {_describe(exc)}"
             raise MappingError("invalid_value", message) from exc
         if not matched:
             return None
-        if not attributes:
-            raise MappingError(
-                "no_attributes",
-                f"rules {', '.join(matched)} matched but every attribute value was null",
-            )
-        identity_type, identity_value = _resolve_identity(identity, event)
-        return ProfileUpdate(identity_type, identity_value, attributes, tuple(matched))
+        return _update(attributes, tuple(matched), identity, event)
+
+    def _plan(self, rules: tuple[_CompiledRule, ...]) -> _Plan:
+        if any(when is not None for _, when, _, _ in rules):
+            return rules, None, (), self._identity
+        identity = self._identity
+        for _, _, _, rule_identity in rules:
+            identity = identity if rule_identity is None else rule_identity
+        flat = tuple(pair for _, _, attributes, _ in rules for pair in attributes)
+        return rules, flat, tuple(name for name, _, _, _ in rules), identity
+
+
+def _update(
+    attributes: dict[str, str], names: tuple[str, ...], identity: _Identity, event: dict[str, Any]
+) -> ProfileUpdate:
+    if not attributes:
+        raise MappingError(
+            "no_attributes",
+            f"rules {', '.join(names)} matched but every attribute value was null",
+        )
+    identity_type, identity_value = _resolve_identity(identity, event)
+    return ProfileUpdate(identity_type, identity_value, attributes, names)
 
 
 def _index(

@@ -40,6 +40,13 @@ def render(value: Any) -> str | None:
         return value
     if value is None:
         return None
+    return render_value(value)
+
+
+def render_value(value: Any) -> str:
+    """`render` of a value known not to be None (None itself is refused as unrenderable)."""
+    if type(value) is str:
+        return value
     renderer = _RENDERERS.get(type(value))
     if renderer is None:
         renderer = _renderer_for_subclass(value)

@@ -358,3 +358,82 @@ def test_the_index_agrees_with_every_rule_evaluated(
         del evt["channel"]
     indexed, plain = mappers
     assert outcome(indexed, evt) == outcome(plain, evt)
+
+
+# --- index entries whose rules all match (one flat attribute list) -------------------------
+
+FLAT_RULES: dict[str, Any] = {
+    "identity": [{"mbox3rdPartyId": "customer.thirdPartyId"}, {"mboxPC": "customer.pcId"}],
+    "rules": [
+        {
+            "name": "loan",
+            "when": "channel == 'LOAN'",
+            "attributes": {
+                "product": "lower(payload.product)",
+                "amount": "payload.amount",
+                "last": "'loan'",
+            },
+        },
+        {
+            "name": "loan-more",
+            "when": "channel == 'LOAN'",
+            "identity": [{"mboxPC": "customer.pcId"}],
+            "attributes": {
+                "summary": "concat(payload.product, ' ', payload.amount)",
+                "last": "payload.currency",
+            },
+        },
+        {
+            "name": "kiosk",
+            "when": "'KIOSK' == channel",
+            "attributes": {
+                "action": "trim(payload.action)",
+                "where": "coalesce(payload.location, payload.reason)",
+            },
+        },
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def flat_mappers(tmp_path_factory: pytest.TempPathFactory) -> tuple[Mapper, Mapper]:
+    tmp = tmp_path_factory.mktemp("flat")
+    indexed = Mapper(ruleset(tmp, FLAT_RULES))
+    # Only the entries with every rule matching take the flat path: make sure they exist.
+    assert indexed._by_value["LOAN"][1] is not None and indexed._by_value["KIOSK"][1] is not None
+    return indexed, Mapper(ruleset(tmp, unindexed(FLAT_RULES), "plain.yaml"))
+
+
+flat_payloads = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.sampled_from(["product", "amount", "currency", "action", "location", "reason"]),
+        st.one_of(scalars, st.just(["a list"]), st.just(float("nan"))),
+        max_size=6,
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(channel=channels, payload=flat_payloads, customer=customers)
+def test_a_flat_entry_maps_and_fails_as_every_rule_would(
+    flat_mappers: tuple[Mapper, Mapper], channel: Any, payload: Any, customer: Any
+) -> None:
+    # Same attributes in the same order, same rules and identity (the override of the last
+    # rule), and on a failing value the same MappingError naming the same rule and attribute.
+    indexed, plain = flat_mappers
+    evt = event(channel, payload=payload, customer=customer)
+    assert outcome(indexed, evt) == outcome(plain, evt)
+
+
+def test_a_failing_value_in_a_flat_entry_names_its_rule(
+    flat_mappers: tuple[Mapper, Mapper],
+) -> None:
+    indexed, _ = flat_mappers
+    with pytest.raises(MappingError) as info:
+        indexed.map(event("LOAN", payload={"product": "car", "amount": float("nan")}))
+    assert info.value.reason == "invalid_value"
+    assert "rule 'loan': attribute 'amount'" in str(info.value)
+    with pytest.raises(MappingError) as info:
+        indexed.map(event("KIOSK", payload={}))
+    assert info.value.reason == "no_attributes" and "kiosk" in str(info.value)
