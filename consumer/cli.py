@@ -81,6 +81,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from consumer import logs
     from consumer.app import App
+    from consumer.runtime import tune_gc
 
     # A stop asked for while starting up is remembered, not fatal.
     early_stop = threading.Event()
@@ -89,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.configure(settings.logging.level, settings.logging.mask_identities)
     app = App(settings)
+    tune_gc()  # after start-up: what App built lives as long as the process
 
     async def main() -> None:
         stop = asyncio.Event()

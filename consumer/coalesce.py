@@ -24,6 +24,7 @@ class Batch(Generic[Ref]):
     attributes: dict[str, str]
     refs: list[Ref] = field(default_factory=list)
     due: float = 0.0
+    seq: int = 0  # arrival order: ties on `due` go first come, first served
 
     @property
     def identity_type(self) -> str:
@@ -40,18 +41,19 @@ _Entry = tuple[float, int, ProfileKey]  # (due, sequence number, profile): a que
 class Coalescer(Generic[Ref]):
     """Batches come due in (due, arrival) order, from two queues that act as one heap.
 
-    A new batch is due `window` after `now`, and `now` comes from a monotonic clock, so it
-    joins the end of a FIFO deque already in order, at O(1). The entries that would break
-    that order go into a heap instead, which stays small: batches re-queued by done() (they
-    keep the due of their first event) and any added with a `now` that went back. pop_ready
-    and next_due take the lesser head of the two.
+    A new batch is due `window` after `now`, and `now` comes from a monotonic clock, so the
+    batch itself joins the end of a FIFO deque already in order, at O(1) and with no entry
+    object. The entries that would break that order go into a heap of (due, seq, key)
+    instead, which stays small: batches re-queued by done() (they keep the due of their first
+    event) and any added with a `now` that went back. pop_ready and next_due take the lesser
+    head of the two.
     """
 
     def __init__(self, window_seconds: float) -> None:
         self._window = window_seconds
         self._waiting: dict[ProfileKey, Batch[Ref]] = {}
         self._in_flight: set[ProfileKey] = set()
-        self._fifo: deque[_Entry] = deque()
+        self._fifo: deque[Batch[Ref]] = deque()
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._flushing = False
@@ -68,13 +70,13 @@ class Coalescer(Generic[Ref]):
             batch.refs.append(ref)
             return True
         due = now if self._flushing else now + self._window
-        self._waiting[key] = Batch(key, attributes, [ref], due)
+        batch = self._waiting[key] = Batch(key, attributes, [ref], due, next(self._seq))
         if key not in self._in_flight:
-            entry = (due, next(self._seq), key)
-            if self._fifo and due < self._fifo[-1][0]:
-                heapq.heappush(self._heap, entry)
+            fifo = self._fifo
+            if fifo and due < fifo[-1].due:
+                heapq.heappush(self._heap, (due, batch.seq, key))
             else:
-                self._fifo.append(entry)
+                fifo.append(batch)
         return False
 
     def pop_ready(self, now: float, limit: int) -> list[Batch[Ref]]:
@@ -82,18 +84,21 @@ class Coalescer(Generic[Ref]):
         ready: list[Batch[Ref]] = []
         waiting, in_flight, fifo, heap = self._waiting, self._in_flight, self._fifo, self._heap
         while len(ready) < limit:
-            if heap and (not fifo or heap[0] < fifo[0]):
+            if heap and (not fifo or heap[0] < (fifo[0].due, fifo[0].seq)):
                 if heap[0][0] > now:
                     break
-                _, _, key = heapq.heappop(heap)
-            elif fifo and fifo[0][0] <= now:
-                _, _, key = fifo.popleft()
+                key = heapq.heappop(heap)[2]
+                batch = None if key in in_flight else waiting.pop(key, None)
+                if batch is None:
+                    continue  # stale entry: its batch went with another entry of the profile
+            elif fifo and fifo[0].due <= now:
+                batch = fifo.popleft()
+                if waiting.get(batch.key) is not batch:
+                    continue  # it went with a heap entry of the profile
+                del waiting[batch.key]
             else:
                 break
-            batch = None if key in in_flight else waiting.pop(key, None)
-            if batch is None:
-                continue  # stale entry: its batch went with another entry of the profile
-            in_flight.add(key)
+            in_flight.add(batch.key)
             ready.append(batch)
         return ready
 
@@ -105,15 +110,16 @@ class Coalescer(Generic[Ref]):
             heapq.heappush(self._heap, (batch.due, next(self._seq), key))
 
     def next_due(self) -> float | None:
-        heads = [queue[0] for queue in (self._fifo, self._heap) if queue]
-        return min(heads)[0] if heads else None
+        heads = [self._fifo[0].due] if self._fifo else []
+        if self._heap:
+            heads.append(self._heap[0][0])
+        return min(heads) if heads else None
 
     def flush(self) -> None:
         """Shutting down: stop waiting for more events, everything is due now."""
         self._flushing = True
         for batch in self._waiting.values():
             batch.due = float("-inf")
-        self._fifo = deque((float("-inf"), s, k) for _, s, k in self._fifo)
         self._heap = [(float("-inf"), s, k) for _, s, k in self._heap]
         heapq.heapify(self._heap)
 

@@ -237,6 +237,19 @@ class MappingFunctions(jp_functions.Functions):  # type: ignore[misc]  # jmespat
             return lambda value: function(self, arg(value))
         ((_, allowed, types),) = checks
         check = self._type_check_single
+        fast_type, fast = _DIRECT.get(name, (None, None))
+        if fast is not None:
+            # What the function does with the type rules meet most, without calling it.
+
+            def evaluate_direct(value: Any) -> Any:
+                resolved = arg(value)
+                if type(resolved) is fast_type:
+                    return fast(resolved)
+                if allowed is None or type(resolved) not in allowed:
+                    check(resolved, types, name)
+                return function(self, resolved)
+
+            return evaluate_direct
 
         def evaluate_one(value: Any) -> Any:
             resolved = arg(value)
@@ -293,6 +306,14 @@ def _concat(args: Sequence[Any]) -> str | None:
         return None
     return "".join(filter(None, parts))  # drops the nulls (and empty strings)
 
+
+# function -> (argument type, what the function returns for a value of exactly that type).
+_DIRECT: dict[str, tuple[type, Callable[[Any], Any]]] = {
+    "lower": (str, str.lower),
+    "upper": (str, str.upper),
+    "trim": (str, str.strip),
+    "iso8601": (datetime, render_timestamp),
+}
 
 # Variadic functions evaluated on the list of their arguments (see `evaluator`).
 _ON_LIST: dict[str, Callable[[Sequence[Any]], Any]] = {"coalesce": _coalesce, "concat": _concat}

@@ -58,17 +58,38 @@ def render_timestamp(value: datetime) -> str:
     zone = value.tzinfo
     if zone is not None and zone is not timezone.utc:  # fastavro's are already UTC
         value = value.astimezone(timezone.utc)
-    # Built by hand: strftime("%Y") does not zero-pad years below 1000 on glibc; one
-    # %-format of a tuple is twice as fast as an f-string of seven fields (hot path).
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
-        value.year,
-        value.month,
-        value.day,
-        value.hour,
-        value.minute,
-        value.second,
-        value.microsecond // 1000,
+    # Most events of a backlog share a few days: the date part comes from a small cache, the
+    # time of day from tables. 0.3 us instead of 0.7 for one %-format of seven fields (and
+    # strftime("%Y") does not zero-pad years below 1000 on glibc).
+    day = _DAYS.get(value.toordinal())
+    if day is None:
+        day = _day(value)
+    return "".join(
+        (
+            day,
+            _TWO_DIGITS[value.hour],
+            ":",
+            _TWO_DIGITS[value.minute],
+            ":",
+            _TWO_DIGITS[value.second],
+            ".",
+            _THREE_DIGITS[value.microsecond // 1000],
+            "Z",
+        )
     )
+
+
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(60))
+_THREE_DIGITS = tuple(f"{n:03d}" for n in range(1000))
+_DAYS: dict[int, str] = {}  # proleptic ordinal -> "YYYY-MM-DDT"
+_MAX_DAYS = 4096  # a replay of ten years fits; anything wider starts the cache afresh
+
+
+def _day(value: datetime) -> str:
+    if len(_DAYS) >= _MAX_DAYS:
+        _DAYS.clear()
+    text = _DAYS[value.toordinal()] = f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+    return text
 
 
 def _render_bool(value: bool) -> str:

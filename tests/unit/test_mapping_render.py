@@ -125,3 +125,24 @@ def test_decimals_never_have_an_exponent_whatever_the_context(
         context.capitals = int(capitals)
         text = render(value)
     assert text == format(value, "f") and "e" not in text.lower()
+
+
+@given(st.datetimes(timezones=st.one_of(st.none(), st.timezones())))
+def test_timestamps_render_as_iso8601_utc_with_milliseconds(value: datetime) -> None:
+    utc = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    try:
+        utc = utc.astimezone(timezone.utc)
+    except OverflowError:  # a local time near year 1 or 9999 that UTC cannot hold
+        return
+    expected = utc.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+    assert render(value) == expected
+
+
+def test_the_day_cache_stays_bounded() -> None:
+    from consumer.mapping.render import _DAYS, _MAX_DAYS
+
+    start = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    for offset in range(_MAX_DAYS + 10):
+        moment = start + timedelta(days=offset, milliseconds=offset)
+        assert render(moment) == moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+    assert 0 < len(_DAYS) <= _MAX_DAYS
