@@ -1,8 +1,7 @@
 """Hot path per core: decode + map + coalesce of recorded events vs a bare fastavro loop.
 
 The floor is what any Avro consumer pays: `fastavro.schemaless_reader(BytesIO(b), writer)` over
-the same bytes, with the writer schema parsed once. Contenders, interleaved so a noisy
-neighbour hurts them alike (median of --repeat rounds each):
+the same bytes, with the writer schema parsed once. Contenders:
 
 - decode            `Decoder.decode` alone (header checks, reader schema, trailing-bytes check)
 - map               `Mapper.map` alone, over already decoded events
@@ -11,12 +10,17 @@ neighbour hurts them alike (median of --repeat rounds each):
 - pipeline, no I/O  the real `Pipeline` (metrics, offset tracking, coalescing, dispatch tasks,
                     request building) on an asyncio loop whose `deliver` returns at once
 
-Events are `consumer.samples` events over 10,000 profiles, encoded with `avro.Encoder`. The
-process is pinned to one CPU. Issue 9 aims at decode+map+coalesce >= 0.5 of the floor.
+Events are `consumer.samples` events over 10,000 profiles, encoded with `avro.Encoder` once by
+this process and read from a file by the others. Each measurement runs in a fresh process
+pinned to one CPU, as the consumer runs only its hot path: sharing one process, the heap the
+pipeline contender leaves behind slowed the next contenders (the chain by about 4 %). Rounds
+interleave the contenders so a noisy neighbour hurts them alike; each figure is the median of
+--repeat rounds. In its process a contender first runs over 20,000 events (warm-up), then is
+timed over them all.
 
-The contenders run with the garbage collector set as `profile-consumer run` sets it
-(`consumer.runtime.tune_gc`); the floor and the chain also run under CPython's default
-thresholds, and both ratios are printed.
+The garbage collector is set as `profile-consumer run` sets it (`consumer.runtime.tune_gc`);
+the floor and the chain also run under CPython's default thresholds, and both ratios are
+printed. Issue 9 aims at decode+map+coalesce >= 0.5 of the floor.
 
     .venv/bin/python benchmarks/bench_hot_path.py            # 200,000 events
     .venv/bin/python benchmarks/bench_hot_path.py --full     # 1,000,000 events
@@ -30,8 +34,13 @@ import gc
 import io
 import os
 import statistics
+import struct
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -155,86 +164,111 @@ def pipeline_no_io(stages: Any, blobs: list[bytes], max_buffered: int) -> Callab
     return run
 
 
+CONTENDERS = ("floor", "decode", "map", "chain", "pipeline")
+LABELS = {
+    "floor": "floor: schemaless_reader",
+    "decode": "decode (Decoder.decode)",
+    "map": "map (Mapper.map)",
+    "chain": "decode+map+coalesce",
+    "pipeline": "pipeline, no I/O",
+}
+WARM_UP = 20_000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--full", action="store_true", help="1,000,000 events (issue 9)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    parser.add_argument("--measure", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--default-gc", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     total = 1_000_000 if args.full else args.events
-    if not args.no_pin and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-
-    import tempfile
-    from pathlib import Path
+    if args.measure:
+        print(measure_one(args.measure, args.inputs, total, args.default_gc, not args.no_pin))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"avro": {"writer_schema": str(SCHEMA)}, "mapping": {"rules": str(RULES)}}
-        stages = build_stages(settings(Path(tmp), cfg))
-    enc = encoder()
-    distinct = [enc.encode(e) for e in sample_events(min(total, DISTINCT), PROFILES, seed=7)]
-    blobs = (distinct * (total // len(distinct) + 1))[:total]
-    decoded = [stages.decoder.decode(b) for b in distinct]
+        inputs = Path(tmp) / "events.bin"
+        distinct = [encoder().encode(e) for e in sample_events(min(total, DISTINCT), PROFILES, 7)]
+        inputs.write_bytes(b"".join(struct.pack(">I", len(b)) + b for b in distinct))
+        runs = [(name, False) for name in CONTENDERS] + [("floor", True), ("chain", True)]
+        rates: dict[tuple[str, bool], list[float]] = {run: [] for run in runs}
+        for _ in range(args.repeat):
+            for name, default_gc in runs:
+                command = [sys.executable, __file__, "--measure", name, "--inputs", str(inputs)]
+                command += ["--events", str(total)]
+                command += ["--default-gc"] * default_gc + ["--no-pin"] * args.no_pin
+                out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                rates[(name, default_gc)].append(float(out))
+
     avg = sum(map(len, distinct)) / len(distinct)
-
-    # The consumer's GC settings (consumer.runtime), applied as `profile-consumer run` applies
-    # them once started; the frozen start-up heap here also holds the inputs (encoded and
-    # decoded events), which the collector must not walk: the consumer has no such heap.
-    default_gc = gc.get_threshold()
-    tune_gc()
-    tuned_gc = gc.get_threshold()
-    chain = stages_chain(stages, blobs)
-    runs: dict[str, Callable[[], None]] = {
-        "floor: schemaless_reader": floor(blobs),
-        "decode (Decoder.decode)": decode_only(stages, blobs),
-        "map (Mapper.map)": map_only(stages, decoded, total),
-        "decode+map+coalesce": chain,
-        "pipeline, no I/O": pipeline_no_io(stages, blobs, 10_000),
-    }
-    # The same floor and chain under CPython's default thresholds, for comparison.
-    default_runs = {"floor: schemaless_reader": floor(blobs), "decode+map+coalesce": chain}
-    rates: dict[str, list[float]] = {label: [] for label in runs}
-    default_rates: dict[str, list[float]] = {label: [] for label in default_runs}
-    for _ in range(args.repeat):
-        for label, run in runs.items():
-            rates[label].append(measure(run, total))
-        gc.set_threshold(*default_gc)
-        for label, run in default_runs.items():
-            default_rates[label].append(measure(run, total))
-        gc.set_threshold(*tuned_gc)
-
     print(f"machine: {machine()}; pinned to one CPU: {not args.no_pin}")
     print(
         f"events: {total:,} ({len(distinct):,} distinct, {avg:.0f} bytes avg, "
-        f"{PROFILES:,} profiles), median of {args.repeat}"
+        f"{PROFILES:,} profiles), median of {args.repeat}, each run in a fresh process"
     )
-    print(f"GC as `profile-consumer run` sets it (consumer.runtime), thresholds {tuned_gc}:")
-    ratio = report(rates)
-    print(f"CPython's default GC, thresholds {default_gc}:")
-    default_ratio = report(default_rates)
+    print("GC as `profile-consumer run` sets it (consumer.runtime.tune_gc):")
+    ratio = report({name: rates[(name, False)] for name in CONTENDERS})
+    print("CPython's default GC thresholds:")
+    default_ratio = report({name: rates[(name, True)] for name in ("floor", "chain")})
     print(
         f"RATIO decode+map+coalesce / floor: {ratio:.2f} (goal >= 0.5); "
         f"{default_ratio:.2f} with CPython's default GC thresholds"
     )
 
 
-def measure(run: Callable[[], None], total: int) -> float:
+def measure_one(name: str, inputs: Path, total: int, default_gc: bool, pin: bool) -> float:
+    """Events/s of one contender in this (fresh) process, after a warm-up."""
+    if pin and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    distinct = read_inputs(inputs)
+    blobs = (distinct * (total // len(distinct) + 1))[:total]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = {"avro": {"writer_schema": str(SCHEMA)}, "mapping": {"rules": str(RULES)}}
+        stages = build_stages(settings(Path(tmp), cfg))
+    decoded = [stages.decoder.decode(b) for b in distinct] if name == "map" else []
+    contender = {
+        "floor": lambda events: floor(events),
+        "decode": lambda events: decode_only(stages, events),
+        "map": lambda events: map_only(stages, decoded, len(events)),
+        "chain": lambda events: stages_chain(stages, events),
+        "pipeline": lambda events: pipeline_no_io(stages, events, 10_000),
+    }[name]
+    # The inputs are not the consumer's heap: frozen with the start-up objects, the collector
+    # does not walk them, as it would not in the consumer.
+    if default_gc:
+        gc.collect()
+        gc.freeze()
+    else:
+        tune_gc()
+    contender(blobs[:WARM_UP])()
+    run = contender(blobs)
     began = time.perf_counter()
     run()
     return total / (time.perf_counter() - began)
 
 
+def read_inputs(path: Path) -> list[bytes]:
+    data, blobs, at = path.read_bytes(), [], 0
+    while at < len(data):
+        (size,) = struct.unpack_from(">I", data, at)
+        blobs.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return blobs
+
+
 def report(rates: dict[str, list[float]]) -> float:
     """Prints each contender's median against the floor's; returns the chain's ratio."""
-    med = {label: statistics.median(values) for label, values in rates.items()}
-    base = med["floor: schemaless_reader"]
-    for label, value in med.items():
+    med = {name: statistics.median(values) for name, values in rates.items()}
+    for name, value in med.items():
         print(
-            f"  {label:<26}: {value:10,.0f} events/s  {1e6 / value:6.1f} us/event  "
-            f"ratio to floor {value / base:5.2f}"
+            f"  {LABELS[name]:<26}: {value:10,.0f} events/s  {1e6 / value:6.1f} us/event  "
+            f"ratio to floor {value / med['floor']:5.2f}"
         )
-    return med["decode+map+coalesce"] / base
+    return med["chain"] / med["floor"]
 
 
 if __name__ == "__main__":
