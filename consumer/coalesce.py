@@ -118,7 +118,9 @@ class Coalescer(Generic[Ref]):
     def flush(self) -> None:
         """Shutting down: stop waiting for more events, everything is due now."""
         self._flushing = True
-        for batch in self._waiting.values():
+        # The FIFO's batches too: one that left with a heap entry is no longer waiting, and
+        # with its old due it would hold up the batches behind it.
+        for batch in itertools.chain(self._waiting.values(), self._fifo):
             batch.due = float("-inf")
         self._heap = [(float("-inf"), s, k) for _, s, k in self._heap]
         heapq.heapify(self._heap)

@@ -184,6 +184,24 @@ def test_a_stale_heap_entry_takes_the_batch_the_fifo_holds() -> None:
     same_as_one_heap(ops, 0.5)
 
 
+def test_flush_makes_a_stale_fifo_batch_due_too() -> None:
+    # As the previous test, then a flush: the stale batch at the FIFO's head must not keep its
+    # old due and hold up the batch behind it (found in review).
+    a, b = KEYS[0], KEYS[1]
+    ops = [
+        ("add", a, {}, 0.0),
+        ("done", a),
+        ("pop", 1, 3.0),
+        ("done", a),
+        ("add", a, {}, 0.5),
+        ("pop", 1, 0.0),
+        ("add", b, {}, 0.0),
+        ("flush",),
+        ("pop", 4, 0.0),
+    ]
+    same_as_one_heap(ops, 0.5)
+
+
 def same_as_one_heap(ops: list[tuple[Any, ...]], window: float) -> None:
     c: Coalescer[int] = Coalescer(window)
     reference = HeapCoalescer(window)
