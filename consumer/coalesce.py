@@ -35,7 +35,7 @@ class Batch(Generic[Ref]):
         return self.key[1]
 
 
-_Entry = tuple[float, int, ProfileKey]  # (due, sequence number, profile): a queue entry
+_Entry = tuple[float, int, ProfileKey]  # (due, Batch.seq, profile): an entry of the heap
 
 
 class Coalescer(Generic[Ref]):

@@ -35,16 +35,12 @@ class UnrenderableValueError(ValueError):
 
 def render(value: Any) -> str | None:
     """The string Target receives for `value`, or None when the attribute is left out."""
-    # Strings are by far the most common result: test them before any dispatch.
-    if type(value) is str:
-        return value
-    if value is None:
-        return None
-    return render_value(value)
+    return None if value is None else render_value(value)
 
 
 def render_value(value: Any) -> str:
     """`render` of a value known not to be None (None itself is refused as unrenderable)."""
+    # Strings are by far the most common result: test them before any dispatch.
     if type(value) is str:
         return value
     renderer = _RENDERERS.get(type(value))
@@ -59,7 +55,7 @@ def render_timestamp(value: datetime) -> str:
     if zone is not None and zone is not timezone.utc:  # fastavro's are already UTC
         value = value.astimezone(timezone.utc)
     # Most events of a backlog share a few days: the date part comes from a small cache, the
-    # time of day from tables. 0.3 us instead of 0.7 for one %-format of seven fields (and
+    # time of day from tables. 0.35 us instead of 0.75 for one %-format of seven fields (and
     # strftime("%Y") does not zero-pad years below 1000 on glibc).
     day = _DAYS.get(value.toordinal())
     if day is None:
