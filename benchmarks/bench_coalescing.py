@@ -114,7 +114,7 @@ def run(
 ) -> dict:
     cfg = config(bootstrap, url, f"group-{topic}", target={"coalesce_window_ms": window_ms})
     cfg["kafka"]["topics"] = [topic]
-    app = App(settings(work, cfg), CollectorRegistry())
+    app = App(settings(work, cfg), registry=CollectorRegistry())
     seconds = asyncio.run(_until_done(app, produced, 600, topic, live, rate))
     m = app.metrics
     mapped = m.events.labels("mapped")._value.get()

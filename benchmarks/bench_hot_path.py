@@ -48,16 +48,16 @@ import fastavro
 from common import RULES, SCHEMA, encoder, machine, settings
 from prometheus_client import CollectorRegistry
 
-from consumer.app import build_stages
 from consumer.avro import load_schema
 from consumer.coalesce import Coalescer
 from consumer.errors import DecodeError, MappingError
-from consumer.kafka.dlq import SourceRecord
 from consumer.kafka.offsets import OffsetTracker
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
+from consumer.record import SourceRecord
 from consumer.runtime import tune_gc
 from consumer.samples import sample_events
+from consumer.stages import build_stages
 
 PROFILES = 10_000
 POLL_BATCH = 500
@@ -138,16 +138,16 @@ def pipeline_no_io(stages: Any, blobs: list[bytes], max_buffered: int) -> Callab
         tracker = OffsetTracker()
         tracker.assign([(TOPIC, 0)])
         pipeline = Pipeline(
-            stages.decoder,
-            stages.mapper,
-            deliver,
-            NoDLQ(),
-            tracker,
-            Metrics(CollectorRegistry()),
-            stages.endpoint_url,
-            0.5,
-            64,
-            asyncio.get_running_loop().time,
+            decoder=stages.decoder,
+            mapper=stages.mapper,
+            deliver=deliver,
+            dlq=NoDLQ(),
+            tracker=tracker,
+            metrics=Metrics(CollectorRegistry()),
+            endpoint_url=stages.endpoint_url,
+            coalesce_window_seconds=0.5,
+            max_in_flight=64,
+            clock=asyncio.get_running_loop().time,
         )
         runner = asyncio.create_task(pipeline.run())
         for start in range(0, len(blobs), POLL_BATCH):
@@ -179,7 +179,7 @@ WARM_UP = 20_000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--full", action="store_true", help="1,000,000 events (issue 9)")
+    parser.add_argument("--full", action="store_true", help="1,000,000 events")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
     parser.add_argument("--measure", choices=CONTENDERS, help=argparse.SUPPRESS)

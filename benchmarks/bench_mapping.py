@@ -3,7 +3,7 @@
 The floor evaluates the same compiled expressions of examples/mapping.yaml on the same events
 the plain way (`compiled.search(event, options)` for each `when`, and for the attributes and
 identity of the rules that match) with no rendering, identity checks or result building. The
-ratio mapper/floor is printed; issue 3 aims at >= 0.8. Benchmarks print; they do not assert.
+ratio mapper/floor is printed; the goal is >= 0.8. Benchmarks print; they do not assert.
 
     .venv/bin/python benchmarks/bench_mapping.py [--events 100000] [--repeat 3]
 """

@@ -108,7 +108,7 @@ def _read(value: bytes, start: int, read_body: BodyReader) -> dict[str, Any]:
         event = read_body(buf)
     except UnicodeDecodeError as exc:
         raise DecodeError("invalid_utf8", f"a string is not valid UTF-8: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - fastavro raises many types on bad bytes
+    except Exception as exc:  # fastavro raises many types on bad bytes
         raise DecodeError(
             "malformed_avro", f"Avro body does not match the schema: {type(exc).__name__}"
         ) from exc
@@ -152,7 +152,7 @@ def _core_reader(writer: Any, reader: Any) -> BodyReader | None:
         writer = fastavro.parse_schema(writer, named["writer"])
         if reader is not None:
             reader = fastavro.parse_schema(reader, named["reader"])
-    except Exception:  # noqa: BLE001 - any change inside fastavro: use the public function
+    except Exception:  # any change inside fastavro: use the public function
         return None
     options = {
         "return_record_name": False,
@@ -179,7 +179,7 @@ def _same_reading(core: BodyReader, public: BodyReader, writer: Any) -> bool:
             mine, theirs = io.BytesIO(body.getvalue()), io.BytesIO(body.getvalue())
             if core(mine) != public(theirs) or mine.tell() != theirs.tell():
                 return False
-    except Exception:  # noqa: BLE001 - a core that fails where the public reader does not
+    except Exception:  # a core that fails where the public reader does not
         return False
     return True
 
@@ -202,7 +202,7 @@ def registry_lookup(client: SchemaRegistryClient) -> SchemaLookup:
             if exc.http_status_code == 404:
                 raise KeyError(schema_id) from exc
             raise RegistryUnavailable(f"schema registry error {exc.http_status_code}") from exc
-        except Exception as exc:  # noqa: BLE001 - transport errors of the registry's client
+        except Exception as exc:  # transport errors of the registry's client
             raise RegistryUnavailable(f"schema registry unreachable: {type(exc).__name__}") from exc
         if schema_str is None:
             raise KeyError(schema_id)

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
 
-from consumer import __version__, dlq, quota_status, simulator
+from consumer import __version__, simulator
 from consumer.config import Settings, load_settings
+from consumer.dlq import cli as dlq_cli
 from consumer.errors import ConfigError, MappingError, PermanentDeliveryError
+from consumer.quota import status as quota_status
 
 EXIT_CONFIG = 2
 
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--poison", type=float, default=0.03, help="share of poison records")
     demo.set_defaults(handler=cmd_demo)
 
-    dlq.add_parser(sub)
+    dlq_cli.add_parser(sub)
     quota_status.add_parser(sub)
     return parser
 
@@ -70,7 +72,7 @@ def _load(config: Path) -> Settings:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from consumer.app import build_stages
+    from consumer.stages import build_stages
 
     settings = _load(args.config)
     build_stages(settings)
@@ -106,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KafkaException as exc:
         # librdkafka refuses a client config (e.g. `acks: 1` with the DLQ producer's
         # idempotence, SASL without credentials) when the clients are built: report it as a
-        # configuration error (exit 2), not a traceback (issue 8). Other Kafka errors re-raise.
+        # configuration error (exit 2), not a traceback. Other Kafka errors re-raise.
         error = exc.args[0] if exc.args else None
         if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
             raise
@@ -115,8 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from consumer.app import build_stages
     from consumer.mapping import event_from_json
+    from consumer.stages import build_stages
     from consumer.target.request import build_requests
 
     settings = _load(args.config)

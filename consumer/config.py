@@ -36,10 +36,11 @@ KafkaValue = str | int | float | bool
 # subscribe time; names are otherwise left to the broker (librdkafka also takes `^regex`).
 TopicName = Annotated[str, Field(min_length=1)]
 # One registry URL, as confluent-kafka's SchemaRegistryClient takes them (comma-separated:
-# several); anything else made `run` and `check` die with its ValueError traceback (issue 8).
+# several); anything else made `run` and `check` die with its ValueError traceback.
 _REGISTRY_URL = re.compile(r"^(https?|mock)://[^\s/?#,]+(/[^\s?#,]*)?$")
 # Keys whose values are never echoed back in messages (secrets, URLs that may carry them).
-_SECRET_KEYS = ("target.token", "avro.schema_registry_url")
+_SECRET_KEYS = ("target.token", "target.proxy", "avro.schema_registry_url")
+_PROXY_URL = re.compile(r"^https?://[^\s/?#]+/?$")
 
 
 class _Section(BaseModel):
@@ -91,6 +92,17 @@ class TargetSettings(_Section):
     verify_tls: bool | Path = True
     circuit_failure_threshold: int = Field(10, ge=1)
     circuit_open_seconds: float = Field(5.0, gt=0)
+    # A forward proxy URL; credentials as ${ENV} references (consumer/target/proxy.py).
+    # Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY decide.
+    proxy: SecretStr | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _PROXY_URL.match(value.get_secret_value()):
+            # The value is not repeated: it may carry a password.
+            raise ValueError("expected an http:// or https:// proxy URL with a host")
+        return value
 
     def url(self) -> str:
         """The API root, without a trailing slash."""
@@ -153,12 +165,15 @@ class Settings(_Section):
         return self.quota.ledger_topic or f"{self.kafka.group_id}.quota"
 
     def resolve(self, path: Path) -> Path:
-        """Find a file named in the config: absolute, cwd, next to the config, then packaged."""
+        """Find a file named in the config: absolute; else relative to the config file's folder
+        (so a config works from any working directory), then to the working directory (paths
+        given only through environment variables); `schemas/...` falls back to the packaged copy.
+        """
         if path.is_absolute():
             return path
         candidates = [Path.cwd() / path]
         if self._source is not None:
-            candidates.append(self._source.parent / path)
+            candidates.insert(0, self._source.parent / path)
         for candidate in candidates:
             if candidate.exists():
                 return candidate
@@ -223,7 +238,7 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
 
 def _env_value(parts: list[str], value: str) -> Any:
     # Secrets and librdkafka values stay strings: "0123" must not become 123.
-    if parts[-1] == "token" or parts[:2] == ["kafka", "config"]:
+    if parts[-1] in ("token", "proxy") or parts[:2] == ["kafka", "config"]:
         return value
     try:
         return yaml.safe_load(value)
@@ -265,7 +280,7 @@ def _check_kafka_config(settings: Settings, label: str) -> list[str]:
     """Let librdkafka itself validate each `kafka.config` property, offline.
 
     Unknown properties and bad values used to pass `check` and make `run` die with a
-    KafkaException traceback (issue 8). One property at a time, and only librdkafka's
+    KafkaException traceback. One property at a time, and only librdkafka's
     per-property verdicts: a ConfigMap without the credentials its Secret adds at run time
     must still pass; conflicts between properties surface when `run` builds its clients
     (cli.py reports those as configuration errors too).

@@ -17,12 +17,12 @@ from typing import Any, Protocol
 from consumer.avro import Decoder
 from consumer.coalesce import Batch, Coalescer
 from consumer.errors import DecodeError, EventError, MappingError, PermanentDeliveryError
-from consumer.kafka.dlq import SourceRecord
 from consumer.kafka.offsets import OffsetTracker
 from consumer.kafka.offsets import TopicPartition as TP
 from consumer.mapping import Mapper
 from consumer.metrics import Metrics
 from consumer.quota import Clock
+from consumer.record import SourceRecord
 from consumer.target.request import TargetRequest, build_requests, check_size
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class EventRef:
 class Pipeline:
     def __init__(
         self,
+        *,
         decoder: Decoder,
         mapper: Mapper,
         deliver: Callable[[TargetRequest], Awaitable[None]],
@@ -55,7 +56,10 @@ class Pipeline:
         coalesce_window_seconds: float,
         max_in_flight: int,
         clock: Clock,
+        wall_clock: Clock = time.time,
     ) -> None:
+        """`clock` is monotonic (coalescing windows); `wall_clock` is epoch seconds, compared
+        with Kafka record timestamps for the event-to-update latency."""
         self._decoder = decoder
         self._mapper = mapper
         self._deliver = deliver
@@ -66,6 +70,7 @@ class Pipeline:
         self._coalescer: Coalescer[EventRef] = Coalescer(coalesce_window_seconds)
         self._max_in_flight = max_in_flight
         self._clock = clock
+        self._wall_clock = wall_clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._sends: dict[asyncio.Task[None], list[EventRef]] = {}  # in flight: their events
         self._wake = asyncio.Event()
@@ -122,7 +127,7 @@ class Pipeline:
         while True:
             # Once abandoned, no new send starts: each cancelled one frees a slot, and without
             # this the dispatcher filled it with a request nobody would ever ack (found by the
-            # SIGTERM scenario of issue 8: twice max_in_flight reached Target past the commit).
+            # SIGTERM scenario in tests/reliability: twice max_in_flight reached Target past the commit).
             free = 0 if self._abandoned else self._max_in_flight - self._sending
             if free > 0:
                 for batch in self._coalescer.pop_ready(self._clock(), free):
@@ -142,7 +147,7 @@ class Pipeline:
             if self._handed_over(batch.refs):
                 # Its partitions now belong to another member, which re-reads these events
                 # from the commit and sends them in order: sending them here too could land an
-                # older value after its newer one (issue 8, rebalance scenario).
+                # older value after its newer one (tests/reliability/test_handover.py).
                 self._add_buffered(-len(batch.refs))
                 return
             requests = build_requests(
@@ -192,7 +197,7 @@ class Pipeline:
             self._idle.clear()
 
     def _observe_latency(self, refs: list[EventRef]) -> None:
-        now = time.time()
+        now = self._wall_clock()
         for ref in refs:
             if ref.record.timestamp_ms:
                 self._metrics.event_to_update.observe(
@@ -266,17 +271,3 @@ class Pipeline:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def source_record(message: Any) -> SourceRecord:
-    """Copy what the pipeline needs out of a confluent_kafka.Message."""
-    kind, ts = message.timestamp()
-    return SourceRecord(
-        topic=message.topic(),
-        partition=message.partition(),
-        offset=message.offset(),
-        key=message.key(),
-        value=message.value(),
-        headers=message.headers(),
-        timestamp_ms=ts if kind else None,
-    )

@@ -80,7 +80,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
 @asynccontextmanager
 async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[App]:
     """Run the real App in this event loop; stops it (SIGTERM path) on exit."""
-    app = App(settings, CollectorRegistry(), **kwargs)
+    app = App(settings, registry=CollectorRegistry(), **kwargs)
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop))
     try:

@@ -76,7 +76,7 @@ class PrometheusServer:
     def _start_on(self, port: int, timeout: float) -> bool:
         storage = self.workdir / f"data-{port}"
         with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
+            self._process = subprocess.Popen(  # fixed arguments, no shell
                 [
                     self.binary,
                     f"--config.file={self.config_path}",

@@ -26,9 +26,9 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.app import producer_config
 from consumer.config import Settings
 from consumer.errors import ProfileConsumerError
+from consumer.kafka.clients import producer_config
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class ReplayState:
         future = admin.create_topics([new])[self.topic]
         try:
             future.result(15)
-        except Exception as exc:  # noqa: BLE001 - only "already exists" is fine
+        except Exception as exc:  # only "already exists" is fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise DlqToolError(f"cannot create the state topic {self.topic}: {exc}") from exc
 

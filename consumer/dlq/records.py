@@ -1,7 +1,7 @@
 """DLQ records as the tools see them: headers parsed, selection, replay headers, JSON shapes.
 
 Pure functions, no Kafka I/O: the selection and header rules are unit-tested here. The header
-names are the contract of issue 2 (written by `consumer.kafka.dlq.dlq_headers`).
+names are the contract in `consumer.dlq.headers`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
-REPLAY_COUNT = "replay.count"
-# Headers the DLQ writer adds; a replay strips them so the event travels as it first did.
-DLQ_HEADER_PREFIXES = ("error.", "original.")
+from consumer.dlq.headers import DLQ_HEADER_PREFIXES, REPLAY_COUNT
 
 RawHeaders = list[tuple[str, bytes | None]]
 ProducerHeaders = list[tuple[str, str | bytes | None]]  # what Producer.produce accepts
@@ -198,7 +196,7 @@ def describe(record: DlqRecord, decoder: EventDecoder) -> dict[str, Any]:
     }
     try:
         out["event"] = jsonable(decoder.decode(record.value))
-    except Exception as exc:  # noqa: BLE001 - poison is expected here; show why it fails
+    except Exception as exc:  # poison is expected here; show why it fails
         out["event"] = None
         out["decode_error"] = f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}"
     return out

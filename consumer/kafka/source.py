@@ -234,7 +234,7 @@ class KafkaSource:
         self._tracker.revoke(tps)  # another member owns them now: committing would be wrong
         self._forget(tps)
         # Out of the group (session timed out, e.g. the broker hung): not ready until a new
-        # assignment arrives (issue 8, broker hang scenario).
+        # assignment arrives (tests/reliability/test_broker_outage.py).
         self.joined = False
         log.warning("partitions lost", extra={"event": "lost", "partitions": _names(tps)})
 

@@ -6,9 +6,9 @@
 """
 
 from consumer.mapping.event_json import event_from_json
+from consumer.mapping.loader import Expression, IdentitySource, Rule, RuleSet, load_rules
 from consumer.mapping.mapper import Mapper, ProfileUpdate
 from consumer.mapping.render import render
-from consumer.mapping.rules import Expression, IdentitySource, Rule, RuleSet, load_rules
 
 __all__ = [
     "Expression",

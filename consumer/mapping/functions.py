@@ -12,7 +12,7 @@ Beyond JMESPath's own functions, rules get:
 - `coalesce(a, b, ...)`: the first argument that is neither null nor an empty string;
 - `concat(a, b, ...)`: the rendered arguments joined; nulls count as empty, all-null is null.
 
-How Avro's Python types meet JMESPath (decision recorded for issue 3): events are NOT
+How Avro's Python types meet JMESPath: events are NOT
 converted before evaluation (that would copy every event on the hot path). Instead:
 
 - `decimal.Decimal` is a `numbers.Number`, so JMESPath's comparators already accept it, and

@@ -1,6 +1,6 @@
 """Evaluating the rules on one decoded event: the hot path of the mapping stage.
 
-Semantics (issue 3):
+Semantics:
 - every rule whose `when` is true (JMESPath truthiness; omitted means true) adds its
   attributes, in file order; a later rule wins for the same name. A null value means "this
   rule has nothing to say": it leaves the attribute out and does not erase an earlier rule's;
@@ -26,15 +26,9 @@ from typing import Any, NoReturn
 from jmespath.exceptions import JMESPathTypeError
 
 from consumer.errors import MappingError
+from consumer.mapping.compiler import Evaluator, discriminator, field_getter
+from consumer.mapping.loader import IdentitySource, Rule, RuleSet
 from consumer.mapping.render import render, render_value
-from consumer.mapping.rules import (
-    Evaluator,
-    IdentitySource,
-    Rule,
-    RuleSet,
-    discriminator,
-    field_getter,
-)
 
 MAX_THIRD_PARTY_ID = 256
 # What an expression or a function may raise on unexpected data (JMESPathError and

@@ -1,7 +1,7 @@
 """Rendering of expression results into the strings Target stores.
 
 Target keeps every profile attribute as a string, so the rendering decides what a profile
-script later sees. The rules (issue 3):
+script later sees. The rules:
 
 - strings as they are;
 - integers and decimals in plain decimal notation, exact: a `decimal(12,2)` amount of

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from consumer.quota.records import Hold, LeaseRequest, Marker, Record, Release, Settle, key_of
+from consumer.quota.messages import Hold, LeaseRequest, Marker, Record, Release, Settle, key_of
 
 # Replicas' clocks are assumed within this of each other's reference (NTP does milliseconds).
 SKEW_SECONDS = 0.1
@@ -30,7 +30,7 @@ LEASE_TTL_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class QuotaRule:
     """The parameters of the replay rule (every replica must use the same)."""
 
     limit: int
@@ -96,7 +96,7 @@ class ReplicaSeen:
 class LedgerState:
     """Applies ledger records in log order; answers what is used, free, and when."""
 
-    rule: Rule
+    rule: QuotaRule
     clock: float = -math.inf  # the latest (clamped) lease start seen
     hold_until: float = 0.0
     offset: int = -1  # the last log offset applied

@@ -120,7 +120,7 @@ class KafkaLedgerLog:
         try:
             future.result(timeout)
             log.info("ledger topic created", extra={"event": "ledger_created", "topic": self.topic})
-        except Exception as exc:  # noqa: BLE001 - "already exists" is the usual answer
+        except Exception as exc:  # "already exists" is the usual answer
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 log.warning(
                     "cannot create the ledger topic (appends will retry)",
@@ -178,7 +178,7 @@ class KafkaLedgerLog:
             self._producer.produce(
                 self.topic, key=key.encode(), value=value, partition=0, on_delivery=delivered
             )
-        except Exception as exc:  # noqa: BLE001 - BufferError (queue full), KafkaException
+        except Exception as exc:  # BufferError (queue full), KafkaException
             return str(exc)
         return await done
 

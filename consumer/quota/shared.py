@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer.config import Settings
-from consumer.quota.ledger import LedgerState, Rule
+from consumer.quota.ledger import LedgerState, QuotaRule
 from consumer.quota.local import Clock, QuotaGate, QuotaSnapshot, Sleep
 from consumer.quota.log import KafkaLedgerLog, LedgerLog, LogRecord
-from consumer.quota.records import (
+from consumer.quota.messages import (
     Hold,
     LeaseRequest,
     RecordError,
@@ -64,7 +64,7 @@ class SharedQuotaGate(QuotaGate):
 
     def __init__(
         self,
-        rule: Rule,
+        rule: QuotaRule,
         ledger: LedgerLog,
         replica: str,
         clock: Clock,
@@ -282,9 +282,9 @@ def _owner(key: str) -> str:
     return key.split(":")[1] if key.count(":") >= 2 else ""
 
 
-def rule_from(settings: Settings) -> Rule:
+def rule_from(settings: Settings) -> QuotaRule:
     q = settings.quota
-    return Rule(q.limit, q.window_seconds, q.pacing == "smooth", q.burst_allowance())
+    return QuotaRule(q.limit, q.window_seconds, q.pacing == "smooth", q.burst_allowance())
 
 
 async def open_shared_gate(

@@ -1,4 +1,4 @@
-"""Scenario 8 of issue 8, bad configuration: `check` and `run` refuse every broken config or
+"""Reliability scenario, bad configuration: `check` and `run` refuse every broken config or
 rules file at start-up with exit code 2 and a message naming the key (for rules: the file, the
 rule and the key), never with a traceback.
 
@@ -221,7 +221,7 @@ def _run_both(case: Case, tmp_path: Path) -> dict[str, subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILE_CONSUMER__")}
     env.update(case.env)
     procs = {
-        command: subprocess.Popen(  # noqa: S603 - our own console script
+        command: subprocess.Popen(  # our own console script
             [CLI, command, "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -303,7 +303,7 @@ def test_every_broken_config_is_refused_by_check_and_run(
     for command in ("check", "run"):
         try:
             code = cli.main([command, "--config", str(tmp_path / case.config_name)])
-        except Exception as exc:  # noqa: BLE001 - the point: nothing may escape main
+        except Exception as exc:  # the point: nothing may escape main
             pytest.fail(f"{command}: {type(exc).__name__} escaped: {exc}")
         out, err = capsys.readouterr()
         _check_refusal(case, tmp_path, command, code, out, err)

@@ -130,7 +130,7 @@ def test_run_stopped_by_sigterm_mid_stream_loses_nothing(
     first_run = simulator.accepted_count()
     # Restart: it resumes from the commit and finishes the stream.
     proc = start()
-    expected = expected_profiles(App(settings, CollectorRegistry()), events)
+    expected = expected_profiles(App(settings, registry=CollectorRegistry()), events)
     assert simulator.wait_for(lambda s: s.profiles() == expected, timeout=90)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)

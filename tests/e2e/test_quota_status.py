@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.app import producer_config
+from consumer.kafka.clients import producer_config
 from consumer.quota.shared import open_shared_gate
 
 pytestmark = pytest.mark.e2e
@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent / "profile-consumer"
 
 
 def status(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own console script
+    return subprocess.run(  # our own console script
         [str(BIN), "quota", "status", "--config", str(config), *extra],
         capture_output=True,
         text=True,

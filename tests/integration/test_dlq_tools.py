@@ -14,8 +14,9 @@ from confluent_kafka import Producer
 
 from consumer.cli import main
 from consumer.config import Settings
+from consumer.dlq.headers import dlq_headers
 from consumer.errors import EventError, MappingError, PermanentDeliveryError
-from consumer.kafka.dlq import SourceRecord, dlq_headers
+from consumer.record import SourceRecord
 from consumer.samples import poison_event, sample_events
 from tests.helpers import (
     committed,

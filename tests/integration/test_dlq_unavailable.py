@@ -1,4 +1,4 @@
-"""Scenario 7 of issue 8, the DLQ unavailable: its topic is missing and the producer may not
+"""Reliability scenario, the DLQ unavailable: its topic is missing and the producer may not
 create it (`allow.auto.create.topics: false`, which Tansu honours: the produce fails with
 UNKNOWN_TOPIC_OR_PART). While it is missing, nothing past the poison record is committed and
 `profile_consumer_dlq_write_failures_total` rises; once the topic exists the consumer proceeds
@@ -76,7 +76,7 @@ async def wait_committed(bootstrap: str, group: str, topic: str, offsets: dict[i
 def scrape(app: App, name: str) -> float:
     """A sample's value from the App's own /metrics endpoint (what Prometheus would see)."""
     assert app.ops is not None
-    with urllib.request.urlopen(f"http://127.0.0.1:{app.ops.port}/metrics", timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.ops.port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -87,13 +87,13 @@ def scrape(app: App, name: str) -> float:
 async def test_a_missing_dlq_topic_holds_the_commit_until_it_exists(
     broker, simulator, topics, make_settings, caplog
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="consumer.kafka.dlq")
+    caplog.set_level(logging.WARNING, logger="consumer.dlq.writer")
     dlq_topic = topics["topic"] + ".dlq-missing"
     settings = make_settings(
         kafka__dlq_topic=dlq_topic,
         kafka__config={
             **FAST_GROUP,
-            # Applies to the consumer and to the DLQ producer (app.producer_config).
+            # Applies to the consumer and to the DLQ producer (kafka.clients.producer_config).
             "allow.auto.create.topics": False,
             # How long librdkafka waits for a missing topic to appear before failing a produce
             # (default 30 s): short, so each DLQ attempt fails within a second.

@@ -23,7 +23,7 @@ BIN = Path(sys.executable).parent / "profile-consumer"
 
 def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(  # noqa: S603 - our own console script
+        return subprocess.Popen(  # our own console script
             [str(BIN), "run", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
         )
 
@@ -75,7 +75,7 @@ def test_three_replicas_never_exceed_the_shared_quota_through_a_kill(
         time.sleep(2.0)
         procs[0] = start(config, logs[0])
         time.sleep(max(0.0, first + 2.5 * WINDOW - time.monotonic()))
-        status = subprocess.run(  # noqa: S603
+        status = subprocess.run(
             [str(BIN), "quota", "status", "--json", "--config", str(config)],
             capture_output=True,
             text=True,

@@ -1,4 +1,4 @@
-"""Security section of issue 8, on the real broker and simulator.
+"""Security, on the real broker and simulator.
 
 - Kafka TLS/SASL: Tansu 0.6.0 accepts `--cert` but still serves plain TCP (an `openssl
   s_client` handshake gets "early eof"), and its `--authentication` needs SCRAM users that
@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
-from consumer.app import App, producer_config
+from consumer.app import App
+from consumer.kafka.clients import producer_config
 from consumer.kafka.offsets import OffsetTracker
 from consumer.kafka.source import KafkaSource
 from consumer.metrics import Metrics
@@ -241,7 +242,7 @@ async def test_target_over_https_with_an_untrusted_certificate_sends_nothing(
 def test_no_token_or_identity_in_logs_or_metrics(
     broker, simulator, topics, make_settings, tmp_path: Path
 ) -> None:
-    token = "tok-7f3a9c2e51d84b6f"  # noqa: S105 - a test token
+    token = "tok-7f3a9c2e51d84b6f"  # a test token
     simulator.configure(require_token=token, error_5xx_ratio=0.2, reset_ratio=0.05)
     settings = make_settings(
         target__retry_base_seconds=0.05,
@@ -256,7 +257,7 @@ def test_no_token_or_identity_in_logs_or_metrics(
             event["customer"]["thirdPartyId"] = f"idleak{i % 30:04d}q"
         else:
             event["customer"]["pcId"] = f"pcleak{i % 30:04d}q"
-    rng = random.Random(3)  # noqa: S311 - test data
+    rng = random.Random(3)  # test data
     bad = [poison_event(rng, i, "invalid_identity") for i in range(3)]
     for i, event in enumerate(bad):
         event["customer"]["thirdPartyId"] = f"idleakbad{i}+" + "x" * 300
@@ -264,7 +265,7 @@ def test_no_token_or_identity_in_logs_or_metrics(
     records = [(event_key(e), enc.encode(e)) for e in events + bad]
     produce(broker.bootstrap, topics["topic"], records)
     env = {**os.environ, "PROFILE_CONSUMER__TARGET__TOKEN": token, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(  # noqa: S603 - our console script
+    proc = subprocess.Popen(  # our console script
         [CLI, "run", "--config", str(config)],
         stderr=subprocess.PIPE,
         text=True,
@@ -279,9 +280,9 @@ def test_no_token_or_identity_in_logs_or_metrics(
             assert line, first
             first += line
         port = json.loads(first.splitlines()[-1])["metrics_port"]
-        expected = expected_profiles(App(settings, CollectorRegistry()), events)
+        expected = expected_profiles(App(settings, registry=CollectorRegistry()), events)
         assert simulator.wait_for(lambda s: s.profiles() == expected, timeout=60)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             metrics = resp.read().decode()
         assert read_all(broker.bootstrap, topics["dlq"], expected=len(bad))
     finally:

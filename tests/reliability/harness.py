@@ -26,10 +26,10 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from consumer.app import build_stages
 from consumer.config import Settings
 from consumer.samples import sample_events
 from consumer.simulator import TargetSimulator
+from consumer.stages import build_stages
 from tests.conftest import ROOT
 from tests.helpers import encoder, event_key
 
@@ -239,7 +239,7 @@ class Consumers:
 def probe(port: int, path: str) -> int | None:
     """The HTTP status of an ops endpoint; None when nothing answers."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=0.5) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=0.5) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

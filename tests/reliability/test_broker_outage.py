@@ -1,4 +1,4 @@
-"""Scenario 5 (issue 8): the broker hangs (SIGSTOP ... SIGCONT) during a run, and the broker is
+"""Reliability scenario: the broker hangs (SIGSTOP ... SIGCONT) during a run, and the broker is
 absent when the consumer starts. Each test has a broker of its own: the session broker that
 other tests share is never stopped.
 

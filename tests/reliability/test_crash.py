@@ -1,4 +1,4 @@
-"""Scenario 1 (issue 8): `kill -9` at random moments over a stream, restarting each time.
+"""Reliability scenario: `kill -9` at random moments over a stream, restarting each time.
 
 At-least-once means every event's update reaches Target however often the process dies: the
 simulator must end up holding exactly what the events, applied in order, produce, and each solo

@@ -1,4 +1,4 @@
-"""Scenario 2 (issue 8): SIGTERM under load, with Target slow.
+"""Reliability scenario: SIGTERM under load, with Target slow.
 
 The process stops polling, sends what it holds, waits at most
 `pipeline.shutdown_timeout_seconds`, abandons what is still in flight, commits what finished

@@ -12,13 +12,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from consumer.app import build_stages
 from consumer.config import Settings, load_settings
-from consumer.kafka.dlq import SourceRecord
 from consumer.kafka.offsets import OffsetTracker
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
+from consumer.record import SourceRecord
 from consumer.samples import sample_events
+from consumer.stages import build_stages
 from tests.conftest import RULES_PATH, SCHEMA_PATH
 from tests.helpers import encoder
 
@@ -67,16 +67,16 @@ def settings(tmp_path: Path) -> Settings:
 def _pipeline(settings: Settings, target: Target, tracker: OffsetTracker) -> Pipeline:
     stages = build_stages(settings)
     return Pipeline(
-        stages.decoder,
-        stages.mapper,
-        target.deliver,
-        NoDLQ(),
-        tracker,
-        Metrics(CollectorRegistry()),
-        stages.endpoint_url,
-        0.0,
-        2,
-        asyncio.get_running_loop().time,
+        decoder=stages.decoder,
+        mapper=stages.mapper,
+        deliver=target.deliver,
+        dlq=NoDLQ(),
+        tracker=tracker,
+        metrics=Metrics(CollectorRegistry()),
+        endpoint_url=stages.endpoint_url,
+        coalesce_window_seconds=0.0,
+        max_in_flight=2,
+        clock=asyncio.get_running_loop().time,
     )
 
 

@@ -1,4 +1,4 @@
-"""Scenario 3 (issue 8): three consumer processes in one group on a 6-partition topic, scaled
+"""Reliability scenario: three consumer processes in one group on a 6-partition topic, scaled
 3 -> 1 -> 3 (twice) while events keep arriving, with cooperative-sticky assignment (the
 default). Scaling down is a SIGTERM, as a Deployment does it.
 

@@ -11,8 +11,8 @@ import jmespath
 import pytest
 from jmespath.exceptions import JMESPathError
 
+from consumer.mapping.compiler import compile_evaluator
 from consumer.mapping.functions import OPTIONS, function_names, function_signature
-from consumer.mapping.rules import compile_evaluator
 
 pytestmark = pytest.mark.unit
 

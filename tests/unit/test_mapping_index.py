@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from consumer.errors import MappingError
 from consumer.mapping import Mapper, ProfileUpdate, RuleSet, load_rules
-from consumer.mapping.rules import discriminator
+from consumer.mapping.compiler import discriminator
 
 pytestmark = pytest.mark.unit
 

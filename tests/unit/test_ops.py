@@ -7,9 +7,9 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.http_server import OpsServer
 from consumer.logs import JsonFormatter, mask
 from consumer.metrics import Metrics
+from consumer.ops_server import OpsServer
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from consumer.quota.ledger import LedgerState, Rule
-from consumer.quota.records import (
+from consumer.quota.ledger import LedgerState, QuotaRule
+from consumer.quota.messages import (
     Hold,
     LeaseRequest,
     Marker,
@@ -22,10 +22,10 @@ from consumer.quota.records import (
 
 pytestmark = pytest.mark.unit
 T0 = 1_800_000_000.0
-RULE = Rule(limit=100, window=60.0)
+RULE = QuotaRule(limit=100, window=60.0)
 
 
-def replay(records: list[Record], rule: Rule = RULE) -> LedgerState:
+def replay(records: list[Record], rule: QuotaRule = RULE) -> LedgerState:
     state = LedgerState(rule)
     for offset, record in enumerate(records):
         state.apply(offset, key_of(record), record)
@@ -135,7 +135,7 @@ def test_holds_keep_the_latest_instant() -> None:
 
 
 def test_smooth_pacing_grants_the_burst_then_the_steady_rate() -> None:
-    rule = Rule(limit=3600, window=3600.0, smooth=True, burst=10)  # 1 unit a second
+    rule = QuotaRule(limit=3600, window=3600.0, smooth=True, burst=10)  # 1 unit a second
     state = replay([LeaseRequest("a", 1, 50, T0)], rule)
     assert granted(state, "a", 1) == 10
     state.apply(1, "lease:a:1", Settle("a", 1, 10, T0))

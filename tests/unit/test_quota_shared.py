@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from consumer.quota.ledger import Rule
+from consumer.quota.ledger import QuotaRule
 from consumer.quota.log import MemoryLog
 from consumer.quota.shared import SharedQuotaGate
 
@@ -34,7 +34,7 @@ class FakeTime:
 
 
 async def replica(
-    t: FakeTime, ledger: MemoryLog, rule: Rule, name: str, skew: float = 0.0
+    t: FakeTime, ledger: MemoryLog, rule: QuotaRule, name: str, skew: float = 0.0
 ) -> SharedQuotaGate:
     """A gate whose wall clock is `skew` seconds off true time."""
     gate = SharedQuotaGate(
@@ -55,7 +55,7 @@ def max_in_window(times: list[float], window: float) -> int:
 
 async def test_a_full_day_spends_the_limit_then_waits_for_the_window_edge() -> None:
     t = FakeTime()
-    gate = await replica(t, MemoryLog(), Rule(limit=1000, window=DAY), "a")
+    gate = await replica(t, MemoryLog(), QuotaRule(limit=1000, window=DAY), "a")
     for _ in range(1000):
         await gate.acquire()
     assert t.now == T0 and gate.snapshot().remaining == 0
@@ -69,7 +69,7 @@ async def test_a_full_day_spends_the_limit_then_waits_for_the_window_edge() -> N
 async def test_three_replicas_never_exceed_the_limit_in_any_window() -> None:
     t = FakeTime()
     ledger = MemoryLog()
-    rule = Rule(limit=50, window=3600.0)
+    rule = QuotaRule(limit=50, window=3600.0)
     gates = [
         await replica(t, ledger, rule, f"r{i}", skew=s) for i, s in enumerate((0, 0.05, -0.05))
     ]
@@ -88,7 +88,7 @@ async def test_three_replicas_never_exceed_the_limit_in_any_window() -> None:
 async def test_a_restarted_replica_restores_the_window_from_the_ledger() -> None:
     t = FakeTime()
     ledger = MemoryLog()
-    rule = Rule(limit=100, window=600.0)
+    rule = QuotaRule(limit=100, window=600.0)
     first = await replica(t, ledger, rule, "first")
     for _ in range(100):
         await first.acquire()
@@ -106,7 +106,7 @@ async def test_a_restarted_replica_restores_the_window_from_the_ledger() -> None
 async def test_skewed_clocks_within_the_bound_cannot_overshoot() -> None:
     t = FakeTime()
     ledger = MemoryLog()
-    rule = Rule(limit=20, window=10.0)
+    rule = QuotaRule(limit=20, window=10.0)
     fast = await replica(t, ledger, rule, "fast", skew=+rule.skew)
     slow = await replica(t, ledger, rule, "slow", skew=-rule.skew)
     sends: list[float] = []
@@ -121,7 +121,7 @@ async def test_skewed_clocks_within_the_bound_cannot_overshoot() -> None:
 async def test_a_replica_whose_clock_is_ahead_delays_the_others_instead_of_overshooting() -> None:
     t = FakeTime()
     ledger = MemoryLog()
-    rule = Rule(limit=10, window=60.0)
+    rule = QuotaRule(limit=10, window=60.0)
     ahead = await replica(t, ledger, rule, "ahead", skew=+3.0)
     behind = await replica(t, ledger, rule, "behind")
     await ahead.acquire()
@@ -133,7 +133,7 @@ async def test_a_replica_whose_clock_is_ahead_delays_the_others_instead_of_overs
 async def test_a_hold_written_by_one_replica_stops_the_others() -> None:
     t = FakeTime()
     ledger = MemoryLog()
-    rule = Rule(limit=100, window=60.0)
+    rule = QuotaRule(limit=100, window=60.0)
     a, b = await replica(t, ledger, rule, "a"), await replica(t, ledger, rule, "b")
     a.hold(t.now + 30)  # a 429 with Retry-After: 30
     for _ in range(10):
@@ -145,7 +145,7 @@ async def test_a_hold_written_by_one_replica_stops_the_others() -> None:
 async def test_smooth_pacing_is_shared_by_all_replicas() -> None:
     t = FakeTime()
     ledger = MemoryLog()
-    rule = Rule(limit=86_400, window=DAY, smooth=True, burst=100)  # 1 unit a second
+    rule = QuotaRule(limit=86_400, window=DAY, smooth=True, burst=100)  # 1 unit a second
     a, b = await replica(t, ledger, rule, "a"), await replica(t, ledger, rule, "b")
     for i in range(100):
         await (a if i % 2 else b).acquire()
@@ -160,7 +160,7 @@ async def test_smooth_pacing_is_shared_by_all_replicas() -> None:
 async def test_snapshot_reports_all_replicas_and_this_one() -> None:
     t = FakeTime()
     ledger = MemoryLog()
-    rule = Rule(limit=100, window=60.0)
+    rule = QuotaRule(limit=100, window=60.0)
     a, b = await replica(t, ledger, rule, "a"), await replica(t, ledger, rule, "b")
     for _ in range(30):
         await a.acquire()
@@ -184,7 +184,7 @@ async def test_snapshot_reports_all_replicas_and_this_one() -> None:
 async def test_close_gives_back_what_was_not_spent() -> None:
     t = FakeTime()
     ledger = MemoryLog()
-    rule = Rule(limit=100, window=60.0)
+    rule = QuotaRule(limit=100, window=60.0)
     a = await replica(t, ledger, rule, "a")
     a._waiters = 49  # as if 50 sends were waiting: the lease is sized for them
     await a.acquire()

@@ -10,52 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from consumer.errors import EventError, PermanentDeliveryError
+from consumer.dlq.headers import dlq_headers
+from consumer.errors import EventError
 from consumer.metrics import Metrics
+from consumer.record import Headers, SourceRecord
 
 log = logging.getLogger(__name__)
-Headers = list[tuple[str, str | bytes | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """What the DLQ needs of a consumed record (the raw bytes, untouched)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers | None
-    timestamp_ms: int | None
-
-
-def dlq_headers(record: SourceRecord, error: EventError) -> Headers:
-    """The record's own headers, then the error.* and original.* ones (contract of issue 2)."""
-    headers: Headers = list(record.headers or [])
-    headers += [
-        ("error.stage", error.stage.encode()),
-        ("error.reason", error.reason.encode()),
-        ("error.message", str(error).encode("utf-8", "replace")[:1024]),
-        ("error.timestamp", datetime.now(UTC).isoformat(timespec="milliseconds").encode()),
-    ]
-    if isinstance(error, PermanentDeliveryError):
-        if error.http_status is not None:
-            headers.append(("error.http_status", str(error.http_status).encode()))
-        if error.body:
-            headers.append(("error.http_body", error.body))
-    headers += [
-        ("original.topic", record.topic.encode()),
-        ("original.partition", str(record.partition).encode()),
-        ("original.offset", str(record.offset).encode()),
-    ]
-    return headers
 
 
 class DeadLetterWriter:

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from consumer.config import Settings, load_settings
 from consumer.quota.ledger import LedgerState
 from consumer.quota.log import KafkaLedgerLog
-from consumer.quota.records import Marker, RecordError, decode, encode, key_of
+from consumer.quota.messages import Marker, RecordError, decode, encode, key_of
 from consumer.quota.shared import rule_from
 
 
@@ -79,7 +79,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def read_status(settings: Settings, timeout: float = 30.0, wall: Any = time.time) -> QuotaStatus:
     """Replay the whole ledger (up to a marker of ours) and summarise it at `wall()`."""
-    from consumer.app import producer_config  # the same connection and security settings
+    from consumer.kafka.clients import producer_config  # the same connection and security settings
 
     config = producer_config(settings)
     topic = settings.ledger_topic()

@@ -1,4 +1,4 @@
-"""The mapping rules file: its format, loading and validation (issue 3).
+"""The mapping rules file: its format, loading and validation.
 
 ```yaml
 identity:                     # tried in order; the first non-empty value wins
@@ -20,27 +20,23 @@ mistyped values, duplicate YAML keys, JMESPath syntax errors with their position
 functions and wrong argument counts, attribute names Target refuses, duplicate rule names, and
 field paths that cannot exist in the schema (see `schema_paths`).
 
-Expressions are compiled once here. Each gets an `evaluate` callable for the hot path: plain
-field chains (`payload.amount`) and `field == 'literal'` tests, the bulk of real rules, become
-direct dict lookups with JMESPath's exact semantics; everything else runs on one shared
-JMESPath interpreter instead of a new one per call as `ParsedResult.search` would create.
+Expressions are parsed once here and compiled for the hot path by `compiler`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jmespath
 from jmespath.exceptions import IncompleteExpressionError, JMESPathError
-from jmespath.visitor import TreeInterpreter, _is_comparable
 
 from consumer.errors import ConfigError
-from consumer.mapping.functions import FUNCTIONS, OPTIONS, function_names, function_signature
+from consumer.mapping.compiler import Evaluator, compile_evaluator
+from consumer.mapping.functions import OPTIONS, function_names, function_signature
 from consumer.mapping.schema_paths import AvroTypes, check_paths
 from consumer.yamlfile import read_yaml
 
@@ -48,13 +44,6 @@ IDENTITY_TYPES = ("mbox3rdPartyId", "mboxPC")
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _TOP_KEYS = ("identity", "rules")
 _RULE_KEYS = ("name", "description", "when", "identity", "attributes")
-
-# Stateless apart from a method cache: one instance serves every expression and thread.
-_INTERPRETER = TreeInterpreter(OPTIONS)
-
-Evaluator = Callable[[Any], Any]
-# Exact types JMESPath's `_is_comparable` accepts, tested first: it is an ABC isinstance check.
-_COMPARABLE = frozenset({int, float, str})
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,172 +315,3 @@ def _function_problems(parsed: dict[str, Any]) -> list[str]:
                 f"function {name}() takes {least}{len(signature)} argument(s), got {given}"
             )
     return problems
-
-
-# --- hot-path evaluators -------------------------------------------------------------------
-
-
-def compile_evaluator(parsed: dict[str, Any]) -> Evaluator:
-    """A callable giving the same result as the JMESPath interpreter for this AST."""
-    chain = _field_chain(parsed)
-    if chain is not None:
-        return field_getter(chain)
-    test = _string_comparison(parsed)
-    if test is not None:
-        return _string_test(field_getter(test[0]), test[1], parsed["value"] == "eq")
-    if parsed["type"] == "literal":
-        constant = parsed["value"]
-        return lambda _event: constant
-    compiled = _compile_node(parsed)
-    return compiled if compiled is not None else partial(_INTERPRETER.visit, parsed)
-
-
-def _compile_node(node: dict[str, Any]) -> Evaluator | None:
-    """Closures doing what TreeInterpreter's visit_* methods do for the node types rules use
-    (comparisons, &&, ||, function calls), over compiled children; None for the others."""
-    kind = node["type"]
-    if kind == "function_expression":
-        args = tuple(compile_evaluator(child) for child in node["children"])
-        return FUNCTIONS.evaluator(node["value"], args)
-    if kind in ("and_expression", "or_expression"):
-        first, second = (compile_evaluator(child) for child in node["children"])
-        if kind == "and_expression":
-
-            def both(value: Any) -> Any:
-                matched = first(value)
-                return matched if _is_false(matched) else second(value)
-
-            return both
-
-        def either(value: Any) -> Any:
-            matched = first(value)
-            return second(value) if _is_false(matched) else matched
-
-        return either
-    if kind == "comparator":
-        compare = TreeInterpreter.COMPARATOR_FUNC[node["value"]]
-        left, right = (compile_evaluator(child) for child in node["children"])
-        if node["value"] in ("eq", "ne"):
-            return lambda value: compare(left(value), right(value))
-
-        def ordering(value: Any) -> Any:
-            a, b = left(value), right(value)
-            if (type(a) in _COMPARABLE or _is_comparable(a)) and (
-                type(b) in _COMPARABLE or _is_comparable(b)
-            ):
-                return compare(a, b)
-            return None
-
-        return ordering
-    return None
-
-
-def _is_false(value: Any) -> bool:
-    # TreeInterpreter._is_false: JMESPath falsiness (0 is true).
-    return value == "" or value == [] or value == {} or value is None or value is False
-
-
-def _field_chain(node: dict[str, Any]) -> tuple[str, ...] | None:
-    if node["type"] == "field":
-        return (node["value"],)
-    if node["type"] != "subexpression":
-        return None
-    names: list[str] = []
-    for child in node["children"]:
-        part = _field_chain(child)
-        if part is None:
-            return None
-        names.extend(part)
-    return tuple(names)
-
-
-@dataclass(frozen=True, slots=True)
-class Discriminator:
-    """The test a `when` starts with, `path == 'literal'` (alone or as the first operand of
-    `&&`): only events whose field at `path` is that string can match the rule."""
-
-    path: tuple[str, ...]
-    literal: str
-    rest: Evaluator | None  # the rest of the `when` once the test passed; None: nothing more
-
-
-def discriminator(parsed: dict[str, Any]) -> Discriminator | None:
-    """The Discriminator of a `when` AST, or None when it does not start with such a test.
-
-    Only the first operand qualifies: `&&` evaluates left to right and stops at the first
-    false operand, so skipping the rule when that operand is false skips nothing that could
-    have run (or failed).
-    """
-    first, rest = _first_conjunct(parsed)
-    test = _string_comparison(first)
-    if test is None or first["value"] != "eq":
-        return None
-    return Discriminator(test[0], test[1], None if rest is None else compile_evaluator(rest))
-
-
-def _first_conjunct(node: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    # `a && b && c` parses as ((a && b) && c): the first operand is the leftmost leaf. Once it
-    # is true, ((a && b) && c) has the value of (b && c), the rest returned here.
-    if node["type"] != "and_expression":
-        return node, None
-    left, right = node["children"]
-    first, rest = _first_conjunct(left)
-    if rest is None:
-        return first, right
-    return first, {"type": "and_expression", "children": [rest, right]}
-
-
-def _string_comparison(node: dict[str, Any]) -> tuple[tuple[str, ...], str] | None:
-    """(field path, literal) of `path == 'literal'` or `!=`, either way round; else None."""
-    if node["type"] != "comparator" or node["value"] not in ("eq", "ne"):
-        return None
-    left, right = node["children"]
-    if right["type"] == "literal":
-        left, right = right, left
-    chain = _field_chain(right)
-    # JMESPath's equality special-cases only numbers vs booleans; with a string literal
-    # it is plain ==, so a direct comparison (or a dict lookup of a str) is exact.
-    if chain is None or left["type"] != "literal" or type(left["value"]) is not str:
-        return None
-    return chain, left["value"]
-
-
-def field_getter(keys: tuple[str, ...]) -> Evaluator:
-    """The value at a field path, as JMESPath's `a.b.c` gives it (None where it is missing)."""
-    # JMESPath's field step is `value.get(name)`, None when the value has no .get: same here.
-    if len(keys) == 1:
-        (key,) = keys
-
-        def get_one(value: Any) -> Any:
-            try:
-                return value.get(key)
-            except AttributeError:
-                return None
-
-        return get_one
-    if len(keys) == 2:
-        first, second = keys
-
-        def get_two(value: Any) -> Any:
-            try:
-                return value.get(first).get(second)
-            except AttributeError:
-                return None
-
-        return get_two
-
-    def get_many(value: Any) -> Any:
-        try:
-            for key in keys:
-                value = value.get(key)
-        except AttributeError:
-            return None
-        return value
-
-    return get_many
-
-
-def _string_test(get: Evaluator, literal: str, equal: bool) -> Evaluator:
-    if equal:
-        return lambda event: get(event) == literal
-    return lambda event: get(event) != literal

@@ -1,0 +1,120 @@
+"""`profile-consumer dlq inspect|replay`: operating the dead-letter queue.
+
+Kafka and the schemas are only touched when a command runs: importing this module (as the CLI
+does to build its parser) stays cheap. Operator guide: docs/dlq.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from consumer.dlq.records import Selection, dumps, parse_time
+
+DEFAULT_SAMPLE = 10
+DEFAULT_MAX_REPLAYS = 3
+
+
+def add_parser(sub: Any) -> None:
+    """Register `dlq` and its subcommands on the CLI's subparsers."""
+    dlq = sub.add_parser("dlq", help="inspect and replay the dead-letter queue")
+    commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="DLQ_COMMAND")
+
+    inspect = commands.add_parser("inspect", help="counts by stage and reason, and a sample")
+    _common(inspect)
+    inspect.add_argument(
+        "--limit", type=_positive, default=DEFAULT_SAMPLE, help="records in the sample"
+    )
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.set_defaults(handler=cmd_inspect)
+
+    replay = commands.add_parser("replay", help="re-produce selected records to their topic")
+    _common(replay)
+    replay.add_argument("--limit", type=_positive, help="replay at most N records")
+    replay.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
+    replay.add_argument(
+        "--max-replays",
+        type=_positive,
+        default=DEFAULT_MAX_REPLAYS,
+        help="refuse records already replayed this many times (from their replay.count)",
+    )
+    replay.set_defaults(handler=cmd_replay)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", type=Path, required=True, help="the YAML configuration file"
+    )
+    parser.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        help="only records with this error.reason (repeat for several)",
+    )
+    parser.add_argument(
+        "--since", type=_timestamp, help="dead-lettered at or after (ISO 8601, UTC if no zone)"
+    )
+    parser.add_argument("--until", type=_timestamp, help="dead-lettered before (ISO 8601)")
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    return Selection(frozenset(args.reason), args.since, args.until)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from consumer.config import load_settings
+    from consumer.dlq.inspection import build_report, render_table
+    from consumer.dlq.kafka_io import DlqToolError
+    from consumer.stages import build_stages
+
+    settings = load_settings(args.config)
+    decoder = build_stages(settings).decoder
+    try:
+        report = build_report(settings, _selection(args), args.limit)
+    except DlqToolError as exc:
+        return _fail("inspect", exc)
+    data = report.as_dict(decoder)
+    if args.json:
+        print(dumps(data))
+    else:
+        render_table(data, sys.stdout)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from consumer.config import load_settings
+    from consumer.dlq.kafka_io import DlqToolError
+    from consumer.dlq.replay import run_replay
+
+    settings = load_settings(args.config)
+    try:
+        return run_replay(
+            settings, _selection(args), args.limit, args.max_replays, args.dry_run, sys.stdout
+        )
+    except DlqToolError as exc:
+        return _fail("replay", exc)
+
+
+def _fail(command: str, exc: Exception) -> int:
+    print(f"profile-consumer dlq {command}: error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _timestamp(text: str) -> datetime:
+    parsed = parse_time(text)
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text!r}")
+    return parsed
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -1,0 +1,46 @@
+"""The static, validated stages: what `run`, `check`, `preview` and the DLQ tools build from the
+settings without touching the network (schemas, rules, the endpoint URL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from consumer.avro import Decoder, load_schema, registry_client, registry_lookup
+from consumer.config import Settings
+from consumer.mapping import Mapper, load_rules
+from consumer.target.request import endpoint
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+
+@dataclass(frozen=True)
+class Stages:
+    decoder: Decoder
+    mapper: Mapper
+    endpoint_url: str
+    reader_schema: dict[str, Any]  # the schema the rules read (and `preview` parses JSON with)
+
+
+def build_stages(
+    settings: Settings, *, schema_registry: SchemaRegistryClient | None = None
+) -> Stages:
+    """Load schemas and rules; raises ConfigError naming files and keys.
+
+    `schema_registry` replaces the client built from `avro.schema_registry_url` (tests).
+    """
+    avro = settings.avro
+    reader_path = settings.resolve(avro.reader_schema or avro.writer_schema)
+    reader = load_schema(reader_path, f"avro.reader_schema ({reader_path})")
+    rules_path = settings.resolve(settings.mapping.rules)
+    rules = load_rules(rules_path, reader, str(rules_path))
+    if avro.schema_registry_url:
+        client = schema_registry or registry_client(avro.schema_registry_url)
+        decoder = Decoder(reader, registry_lookup=registry_lookup(client))
+    else:
+        writer_path = settings.resolve(avro.writer_schema)
+        writer = load_schema(writer_path, f"avro.writer_schema ({writer_path})")
+        decoder = Decoder(reader, writer_schema=writer)
+    url = endpoint(settings.target.url(), settings.target.client_code)
+    return Stages(decoder=decoder, mapper=Mapper(rules), endpoint_url=url, reader_schema=reader)
