@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench lock clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## prints figures and ratios; never pass/fail
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The image installs exactly these (pip --require-hashes): rerun after changing the dependencies
+# in pyproject.toml. --universal: one lock for amd64 and arm64 images.
+LOCK_FLAGS := --generate-hashes --universal --python-version 3.11 --custom-compile-command "make lock" --quiet
+lock: $(STAMP)  ## requirements.lock (runtime) and requirements-build.lock (hatchling), hashed
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements.lock
+	printf 'hatchling\n' | $(BIN)/uv pip compile - $(LOCK_FLAGS) -o requirements-build.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

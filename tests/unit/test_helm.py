@@ -480,13 +480,14 @@ def test_servicemonitor(rendered: dict[str, list[dict[str, Any]]]) -> None:
             assert relabel["action"] in {"drop", "keep", "replace", "labeldrop", "labelkeep"}
 
 
-def test_prometheusrule_embeds_the_tested_rules(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_prometheusrule_renders_the_alerts_with_absolute_runbook_links(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The chart's alerts plus the extra group; thresholds and promtool: test_alerts.py."""
     rule = one(rendered["prometheusrule"], "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     groups = rule["spec"]["groups"]
-    source = yaml.safe_load((CHART / "alerts" / "rules.yaml").read_text(encoding="utf-8"))
-    source_names = [g["name"] for g in source["groups"]]
-    assert [g["name"] for g in groups][: len(source_names)] == source_names
+    assert [g["name"] for g in groups] == ["profile-consumer", "profile-consumer-extra"]
     base = CASES["prometheusrule"]["prometheusRule"]["runbookBaseUrl"]
     alerts = []
     for group in groups:
@@ -498,21 +499,15 @@ def test_prometheusrule_embeds_the_tested_rules(rendered: dict[str, list[dict[st
                 assert re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", r["for"])
             if "alert" in r:
                 alerts.append(r["alert"])
-                url = r.get("annotations", {}).get("runbook_url")
-                if url and r["alert"] in _alerts_of(source):
-                    assert url.startswith(base), url
     assert len(alerts) == len(set(alerts))
-    assert set(_alerts_of(source)) <= set(alerts)
+    for r in groups[0]["rules"]:
+        assert r["annotations"]["runbook_url"] == f"{base}#{r['alert'].lower()}"
+        assert r["labels"]["team"] == "crm"
 
 
-def _alerts_of(rules: dict[str, Any]) -> list[str]:
-    return [r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
-
-
-def test_prometheusrule_without_runbook_prefix_is_the_file_verbatim(chart: helm.Chart) -> None:
-    rule = one(render(chart, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
-    source = yaml.safe_load((CHART / "alerts" / "rules.yaml").read_text(encoding="utf-8"))
-    assert rule["spec"]["groups"] == source["groups"]
+def test_prometheusrule_needs_a_runbook_base_url(chart: helm.Chart) -> None:
+    with pytest.raises((helm.HelmRenderError, helm.HelmValuesError), match="runbookBaseUrl"):
+        render(chart, {"prometheusRule": {"enabled": True}})
 
 
 def test_dashboard_configmap(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -522,6 +517,20 @@ def test_dashboard_configmap(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert dashboard["metadata"]["annotations"]["grafana_folder"] == "Kafka"
     source = json.loads((CHART / "dashboards" / "profile-consumer.json").read_text("utf-8"))
     assert json.loads(dashboard["data"]["profile-consumer.json"]) == source
+
+
+def test_dashboard_runbook_links_follow_the_alerts_runbook(chart: helm.Chart) -> None:
+    base = "https://wiki.example.com/pc/runbook.md"
+    values = {"dashboard": {"enabled": True}, "prometheusRule": {"runbookBaseUrl": base}}
+    dashboard = one(render(chart, values), "ConfigMap", f"{FULLNAME}-dashboard")
+    data = json.loads(dashboard["data"]["profile-consumer.json"])
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    assert variables["runbook"]["query"] == base
+    source = json.loads((CHART / "dashboards" / "profile-consumer.json").read_text("utf-8"))
+    variables["runbook"]["query"] = next(
+        v["query"] for v in source["templating"]["list"] if v["name"] == "runbook"
+    )
+    assert data == source  # nothing else changed on the way
 
 
 def test_keda_scaledobject(rendered: dict[str, list[dict[str, Any]]]) -> None:

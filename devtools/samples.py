@@ -1,7 +1,7 @@
 """Realistic sample events over the four offline channels, and poison records.
 
 Used by the demo, the tests and the benchmarks so they all speak about the same data. Events
-are in fastavro's Python shape (datetime, Decimal), ready for `avro.Encoder`.
+are in fastavro's Python shape (datetime, Decimal), ready for `devtools.encoder.Encoder`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.service import Service
+from devtools.service import Service
 
 
 def free_port() -> int:

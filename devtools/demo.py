@@ -21,21 +21,29 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from consumer.app import App
-from consumer.avro import Encoder, load_schema
+from consumer.avro import load_schema
 from consumer.config import Settings, load_settings
-from consumer.embedded import EmbeddedBroker, read_topic
 from consumer.mapping import Mapper
-from consumer.samples import poison_bytes, poison_event, sample_events
-from consumer.simulator import SimulatorConfig, TargetSimulator
+from devtools.broker import EmbeddedBroker, read_topic
+from devtools.encoder import Encoder
+from devtools.samples import poison_bytes, poison_event, sample_events
+from devtools.simulator import SimulatorConfig, TargetSimulator
 
 TOPIC = "offline-transactions"
 DLQ = "offline-transactions.dlq"
 POISON_KINDS = ("random", "truncated", "trailing", "no_identity", "invalid_identity")
+# devtools/ sits beside examples/ and schemas/ in a checkout: the demo runs from any directory.
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+SCHEMA = REPO / "schemas" / "offline_transaction.avsc"
 
 
-def demo_settings(bootstrap: str, target_url: str, config_path: Path | None = None) -> Settings:
+def demo_settings(bootstrap: str, target_url: str) -> Settings:
     """examples/config.yaml pointed at the embedded broker and simulator."""
     env = {
+        # The example names its schema from the repository root, and a checkout has no
+        # packaged copy to fall back on: pinned, so the demo runs from any directory.
+        "PROFILE_CONSUMER__AVRO__WRITER_SCHEMA": str(SCHEMA),
         "PROFILE_CONSUMER__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "PROFILE_CONSUMER__TARGET__BASE_URL": target_url,
         "PROFILE_CONSUMER__TARGET__COALESCE_WINDOW_MS": "100",
@@ -44,15 +52,7 @@ def demo_settings(bootstrap: str, target_url: str, config_path: Path | None = No
         "PROFILE_CONSUMER__KAFKA__CONFIG__SESSION_TIMEOUT_MS": "6000",
         "PROFILE_CONSUMER__KAFKA__CONFIG__HEARTBEAT_INTERVAL_MS": "500",
     }
-    path = config_path or _examples() / "config.yaml"
-    return load_settings(path, {**os.environ, **env})
-
-
-def _examples() -> Path:
-    here = Path.cwd() / "examples"
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parent.parent / "examples"
+    return load_settings(EXAMPLES / "config.yaml", {**os.environ, **env})
 
 
 def produce_demo_records(
@@ -119,7 +119,7 @@ def run_demo(events: int = 3000, profiles: int = 500, poison: float = 0.03) -> i
             broker.bootstrap, schema, events, profiles, poison
         )
         print(f"produced {events} events ({sum(sent_poison.values())} poison)")
-        app = App(settings, CollectorRegistry())
+        app = App(settings, registry=CollectorRegistry())
         asyncio.run(_run_until_done(app, events, timeout=120))
         elapsed = time.monotonic() - started
         dlq = read_dlq(broker.bootstrap, sum(sent_poison.values()))
