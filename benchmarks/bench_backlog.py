@@ -39,7 +39,7 @@ from common import (
     write_config,
 )
 
-from consumer.embedded import EmbeddedBroker
+from devtools.broker import EmbeddedBroker
 
 MAX_BUFFERED = 10_000
 

@@ -1,7 +1,7 @@
 """Coalescing: events per request on a Zipf workload over 10,000 profiles, through the real App.
 
 A backlog of events (profiles drawn from a Zipf law, exponent 1.1, over 10,000 profiles) is
-produced to Tansu, then the real `App` (in this process, as `consumer/demo.py` runs it)
+produced to Tansu, then the real `App` (in this process, as `devtools/demo.py` runs it)
 consumes it and sends to the Target simulator (its own process, 20 ms latency, no quota) until
 every event is finished. Events per request = mapped events / accepted requests.
 
@@ -47,7 +47,7 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from consumer.app import App
-from consumer.embedded import EmbeddedBroker
+from devtools.broker import EmbeddedBroker
 
 PROFILES = 10_000
 

@@ -10,8 +10,8 @@ the same bytes, with the writer schema parsed once. Contenders:
 - pipeline, no I/O  the real `Pipeline` (metrics, offset tracking, coalescing, dispatch tasks,
                     request building) on an asyncio loop whose `deliver` returns at once
 
-Events are `consumer.samples` events over 10,000 profiles, encoded with `avro.Encoder` once by
-this process and read from a file by the others. Each measurement runs in a fresh process
+Events are `devtools.samples` events over 10,000 profiles, encoded with `devtools.encoder` once
+by this process and read from a file by the others. Each measurement runs in a fresh process
 pinned to one CPU, as the consumer runs only its hot path: sharing one process, the heap the
 pipeline contender leaves behind slowed the next contenders (the chain gave 0.49 of the
 floor with it in the process, 0.52 without, one run each). Rounds
@@ -56,8 +56,8 @@ from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.record import SourceRecord
 from consumer.runtime import tune_gc
-from consumer.samples import sample_events
 from consumer.stages import build_stages
+from devtools.samples import sample_events
 
 PROFILES = 10_000
 POLL_BATCH = 500

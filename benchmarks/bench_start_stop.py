@@ -39,7 +39,7 @@ from common import (
 )
 from confluent_kafka import Consumer
 
-from consumer.embedded import EmbeddedBroker
+from devtools.broker import EmbeddedBroker
 
 
 def one_round(work: Path, bootstrap: str, url: str, n: int) -> dict[str, float]:

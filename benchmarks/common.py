@@ -1,9 +1,9 @@
 """Shared plumbing of the benchmarks: real parts (Tansu, the simulator process), configs, data.
 
 Not a benchmark itself (`make bench` runs `bench_*.py` only). Everything here starts real
-processes on loopback: the broker (Tansu), the Target simulator (`python -m consumer.simulator`,
-its own process so it does not share the consumer's GIL), and, for the process benchmarks, the
-consumer itself (`profile-consumer run --config F`).
+processes on loopback: the broker (Tansu), the Target simulator (`python -m devtools
+simulate-target`, its own process so it does not share the consumer's GIL), and, for the
+process benchmarks, the consumer itself (`profile-consumer run --config F`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from typing import Any
 import yaml
 from confluent_kafka import Producer
 
-from consumer.avro import Encoder, load_schema
+from consumer.avro import load_schema
 from consumer.config import Settings, load_settings
-from consumer.embedded import free_port as free_port  # re-exported for the benchmarks
-from consumer.samples import sample_event
+from devtools.broker import free_port as free_port  # re-exported for the benchmarks
+from devtools.encoder import Encoder
+from devtools.samples import sample_event
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schemas/offline_transaction.avsc"
@@ -189,7 +190,8 @@ class Simulator:
             [
                 sys.executable,
                 "-m",
-                "consumer.simulator",
+                "devtools",
+                "simulate-target",
                 "--latency-seconds",
                 str(self.latency),
                 "--config-json",

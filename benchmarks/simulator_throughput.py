@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from consumer.simulator import SimulatorConfig, TargetSimulator
+from devtools.simulator import SimulatorConfig, TargetSimulator
 
 
 def _client(port: int, requests: int) -> None:

@@ -10,9 +10,11 @@ so producers can evolve their schema compatibly.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,9 @@ SchemaLookup = Callable[[int], str]
 # Reads one Avro body from the buffer's position, leaving the position after it.
 BodyReader = Callable[[io.BytesIO], Any]
 _PROBES = 16  # generated records a fast reader must read exactly as schemaless_reader does
+# An id the registry does not know is not asked for again on every record, only this often:
+# it may be registered later (a producer ahead of the registry), so the answer is not final.
+UNKNOWN_ID_TTL_SECONDS = 30.0
 
 
 def load_schema(path: Path, label: str = "") -> Schema:
@@ -58,6 +63,8 @@ class Decoder:
         reader_schema: Schema,
         writer_schema: Schema | None = None,
         registry_lookup: SchemaLookup | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if writer_schema is None and registry_lookup is None:
             raise ValueError("a writer schema or a registry lookup is required")
@@ -65,7 +72,37 @@ class Decoder:
         writer = fastavro.parse_schema(writer_schema) if writer_schema else None
         self._local = None if writer is None else body_reader(writer, self._reader)
         self._lookup = registry_lookup
-        self._by_id: dict[int, BodyReader] = {}
+        self._clock = clock
+        self._by_id: dict[int, BodyReader | DecodeError] = {}
+        self._unknown_until: dict[int, float] = {}
+
+    def schema_to_fetch(self, value: bytes | None) -> int | None:
+        """The registry id this value needs and the decoder has no answer for yet, if any.
+
+        The intake fetches it with `fetch` (off the event loop, bounded) before `decode`,
+        so `decode` itself never waits on the network.
+        """
+        if self._lookup is None or not value or len(value) < _HEADER.size:
+            return None
+        magic, schema_id = _HEADER.unpack_from(value)
+        if magic != MAGIC_BYTE or schema_id in self._by_id:
+            return None
+        if self._unknown_until.get(schema_id, -1.0) > self._clock():
+            return None
+        return int(schema_id)
+
+    async def fetch(self, schema_id: int, timeout: float) -> None:
+        """Look a writer schema up in a worker thread, giving up after `timeout` seconds.
+
+        Raises RegistryUnavailable when the registry fails or does not answer in time; an id
+        it does not know is remembered as unknown for UNKNOWN_ID_TTL_SECONDS.
+        """
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._resolve, schema_id), timeout)
+        except TimeoutError as exc:
+            raise RegistryUnavailable(
+                f"schema registry did not answer within {timeout:g}s (schema id {schema_id})"
+            ) from exc
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         if not value:
@@ -83,21 +120,39 @@ class Decoder:
     def _reader_for(self, schema_id: int) -> BodyReader:
         entry = self._by_id.get(schema_id)
         if entry is None:
-            assert self._lookup is not None  # noqa: S101 - only called in registry mode
-            try:
-                text = self._lookup(schema_id)
-            except KeyError as exc:
-                raise DecodeError(
-                    "unknown_schema_id", f"schema id {schema_id} is not in the registry"
-                ) from exc
-            try:
-                parsed = fastavro.parse_schema(json.loads(text))
-            except (ValueError, fastavro.schema.SchemaParseException) as exc:
-                raise DecodeError(
-                    "unsupported_schema", f"schema id {schema_id} is not a usable Avro schema"
-                ) from exc
-            entry = self._by_id[schema_id] = body_reader(parsed, self._reader)
+            if self._unknown_until.get(schema_id, -1.0) > self._clock():
+                raise _unknown(schema_id)
+            # Not fetched ahead (tools that decode one record at a time): look it up here.
+            self._resolve(schema_id)
+            entry = self._by_id.get(schema_id)
+            if entry is None:
+                raise _unknown(schema_id)
+        if isinstance(entry, DecodeError):
+            raise entry
         return entry
+
+    def _resolve(self, schema_id: int) -> None:
+        """Fetch and compile one writer schema into the cache (runs in a worker thread)."""
+        assert self._lookup is not None  # noqa: S101 - only called in registry mode
+        try:
+            text = self._lookup(schema_id)
+        except KeyError:
+            self._unknown_until[schema_id] = self._clock() + UNKNOWN_ID_TTL_SECONDS
+            return
+        try:
+            parsed = fastavro.parse_schema(json.loads(text))
+            entry: BodyReader | DecodeError = body_reader(parsed, self._reader)
+        except (ValueError, fastavro.schema.SchemaParseException):
+            # Final: the registry's schemas are immutable, so this id stays unusable.
+            entry = DecodeError(
+                "unsupported_schema", f"schema id {schema_id} is not a usable Avro schema"
+            )
+        self._by_id[schema_id] = entry
+        self._unknown_until.pop(schema_id, None)
+
+
+def _unknown(schema_id: int) -> DecodeError:
+    return DecodeError("unknown_schema_id", f"schema id {schema_id} is not in the registry")
 
 
 def _read(value: bytes, start: int, read_body: BodyReader) -> dict[str, Any]:
@@ -184,11 +239,15 @@ def _same_reading(core: BodyReader, public: BodyReader, writer: Any) -> bool:
     return True
 
 
-def registry_client(url: str) -> SchemaRegistryClient:
-    """confluent-kafka's client; a `mock://` URL gives an in-memory registry (per instance)."""
+def registry_client(url: str, timeout_seconds: float = 10.0) -> SchemaRegistryClient:
+    """confluent-kafka's client; a `mock://` URL gives an in-memory registry (per instance).
+
+    Each HTTP request to the registry times out: a registry that accepts connections and
+    never answers must not hold a worker thread forever.
+    """
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return SchemaRegistryClient.new_client({"url": url})
+    return SchemaRegistryClient.new_client({"url": url, "timeout": timeout_seconds})
 
 
 def registry_lookup(client: SchemaRegistryClient) -> SchemaLookup:
@@ -209,20 +268,3 @@ def registry_lookup(client: SchemaRegistryClient) -> SchemaLookup:
         return schema_str
 
     return lookup
-
-
-class Encoder:
-    """Encodes events (plain Avro, or Confluent format when a schema id is given).
-
-    Used by the demo, tests and benchmarks to produce realistic records.
-    """
-
-    def __init__(self, schema: Schema, schema_id: int | None = None) -> None:
-        self._schema = fastavro.parse_schema(schema)
-        self._header = b"" if schema_id is None else _HEADER.pack(MAGIC_BYTE, schema_id)
-
-    def encode(self, event: dict[str, Any]) -> bytes:
-        buf = io.BytesIO()
-        buf.write(self._header)
-        fastavro.schemaless_writer(buf, self._schema, event)
-        return buf.getvalue()

@@ -4,6 +4,11 @@ waits out Schema Registry outages, and hands revoked partitions over.
 Backpressure is a hysteresis on `pipeline.buffered`: partitions pause when the buffer is full
 (or Target's circuit is open) and resume at half. A paused source keeps polling, so the group
 never evicts this member for being slow.
+
+A record whose writer schema must come from the Schema Registry is fetched first, off the
+event loop and bounded in time. While the registry fails, records wait in `pending` (in order,
+not tracked, so no commit passes them), partitions pause and polling goes on: the member stays
+in its group, the loop stays live and `registry_problem` says why the consumer is not ready.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from consumer.config import Settings
 from consumer.errors import RegistryUnavailable
@@ -47,6 +54,11 @@ class Intake:
         self._tracker = tracker
         self._on_turn = on_turn
         self.turned = time.monotonic()
+        # Why records wait for the Schema Registry, while they do (the App is not ready then).
+        self.registry_problem: str | None = None
+        self._pending: deque[SourceRecord] = deque()
+        self._registry_retry_at = 0.0
+        self._registry_delay = REGISTRY_RETRY_FIRST_SECONDS
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
@@ -58,51 +70,81 @@ class Intake:
         # revoked partitions' sends in flight before committing, so a write of ours cannot
         # land after the next owner's.
         source.on_revoked = handover_hook(
-            pipeline, asyncio.get_running_loop(), s.pipeline.shutdown_timeout_seconds
+            self._revoke, asyncio.get_running_loop(), s.pipeline.shutdown_timeout_seconds
         )
         while not stop.is_set():
             self.turned = time.monotonic()
+            blocked = await self._submit_pending()
             self._on_turn()
-            if not paused and (pipeline.buffered >= limit or self._circuit.is_open):
-                paused = True
-            elif paused and not self._circuit.is_open and pipeline.buffered <= limit // 2:
-                paused = False
+            paused = self._should_pause(paused, blocked)
             await source.set_paused(paused)  # also applies to newly assigned partitions
             room = max(0, min(s.kafka.poll_batch_size, limit - pipeline.buffered))
             messages = await source.poll(max(1, room), 0.2 if paused else 0.5)
-            for message in messages:
-                if not await self._submit(source_record(message), stop):
-                    return
+            self._pending.extend(source_record(message) for message in messages)
+            await self._submit_pending()
             if time.monotonic() - last_commit >= s.kafka.commit_interval_seconds:
                 await source.commit(self._tracker.committable())
                 last_commit = time.monotonic()
 
-    async def _submit(self, record: SourceRecord, stop: asyncio.Event) -> bool:
-        """Hand a record over, waiting out a Schema Registry outage; False when stopping.
+    def _should_pause(self, paused: bool, blocked: bool) -> bool:
+        """Hysteresis: pause when full, when Target is down or while the registry holds records
+        back; resume at half full once neither holds."""
+        limit = self._settings.pipeline.max_buffered_events
+        buffered = self._pipeline.buffered
+        if blocked or self._circuit.is_open:
+            return True
+        return buffered >= limit if not paused else buffered > limit // 2
 
-        A record not handed over is not tracked, so no commit can pass it.
-        """
-        delay = REGISTRY_RETRY_FIRST_SECONDS
-        while True:
+    async def _submit_pending(self) -> bool:
+        """Hand waiting records over in order; True while the registry holds them back."""
+        decoder = self._pipeline.decoder
+        timeout = self._settings.avro.schema_registry_timeout_seconds
+        while self._pending:
+            record = self._pending[0]
+            schema_id = decoder.schema_to_fetch(record.value)
+            if schema_id is not None:
+                if time.monotonic() < self._registry_retry_at:
+                    return True
+                try:
+                    await decoder.fetch(schema_id, timeout)
+                except RegistryUnavailable as exc:
+                    self._registry_failed(exc)
+                    return True
             try:
-                self._pipeline.submit(record)
-                return True
+                self._pipeline.submit(record)  # raises before any bookkeeping
             except RegistryUnavailable as exc:
-                log.warning(
-                    "schema registry unavailable, retrying",
-                    extra={"event": "registry_unavailable", "error": str(exc), "retry_in": delay},
-                )
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-                return False
-            except TimeoutError:
-                delay = min(delay * 2, REGISTRY_RETRY_CAP_SECONDS)
+                self._registry_failed(exc)
+                return True
+            self._pending.popleft()
+            if self.registry_problem is not None:
+                log.info("schema registry answers again", extra={"event": "registry_back"})
+                self.registry_problem = None
+                self._registry_delay = REGISTRY_RETRY_FIRST_SECONDS
+        return False
+
+    def _registry_failed(self, exc: RegistryUnavailable) -> None:
+        self.registry_problem = str(exc)
+        delay = self._registry_delay
+        log.warning(
+            "schema registry unavailable, retrying",
+            extra={"event": "registry_unavailable", "error": str(exc), "retry_in": delay},
+        )
+        self._registry_retry_at = time.monotonic() + delay
+        self._registry_delay = min(delay * 2, REGISTRY_RETRY_CAP_SECONDS)
+
+    async def _revoke(self, tps: set[TopicPartition], wait: float) -> None:
+        """Waiting records of leaving partitions are dropped (never tracked, never committed:
+        their next owner reads them again), then their sends in flight are handed over."""
+        self._pending = deque(r for r in self._pending if (r.topic, r.partition) not in tps)
+        await self._pipeline.handover(tps, wait)
 
 
 def handover_hook(
-    pipeline: Pipeline, loop: asyncio.AbstractEventLoop, timeout: float
+    revoke: Callable[[set[TopicPartition], float], Coroutine[Any, Any, None]],
+    loop: asyncio.AbstractEventLoop,
+    timeout: float,
 ) -> Callable[[list[TopicPartition], bool], None]:
-    """The source's revocation hook: runs `pipeline.handover` on the event loop and waits.
+    """The source's revocation hook: runs `revoke` on the event loop and waits for it.
 
     The loop is free meanwhile (it awaits the consume() call that runs the callback). Lost
     partitions may already be another member's: their sends are cancelled without waiting.
@@ -110,7 +152,7 @@ def handover_hook(
 
     def handover(tps: list[TopicPartition], lost: bool) -> None:
         wait = 0.0 if lost else timeout
-        future = asyncio.run_coroutine_threadsafe(pipeline.handover(set(tps), wait), loop)
+        future = asyncio.run_coroutine_threadsafe(revoke(set(tps), wait), loop)
         try:
             future.result(wait + 5.0)  # handover() itself gives up after `wait`
         except TimeoutError:

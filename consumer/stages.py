@@ -36,7 +36,9 @@ def build_stages(
     rules_path = settings.resolve(settings.mapping.rules)
     rules = load_rules(rules_path, reader, str(rules_path))
     if avro.schema_registry_url:
-        client = schema_registry or registry_client(avro.schema_registry_url)
+        client = schema_registry or registry_client(
+            avro.schema_registry_url, avro.schema_registry_timeout_seconds
+        )
         decoder = Decoder(reader, registry_lookup=registry_lookup(client))
     else:
         writer_path = settings.resolve(avro.writer_schema)

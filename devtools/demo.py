@@ -35,15 +35,11 @@ POISON_KINDS = ("random", "truncated", "trailing", "no_identity", "invalid_ident
 # devtools/ sits beside examples/ and schemas/ in a checkout: the demo runs from any directory.
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-SCHEMA = REPO / "schemas" / "offline_transaction.avsc"
 
 
 def demo_settings(bootstrap: str, target_url: str) -> Settings:
     """examples/config.yaml pointed at the embedded broker and simulator."""
     env = {
-        # The example names its schema from the repository root, and a checkout has no
-        # packaged copy to fall back on: pinned, so the demo runs from any directory.
-        "PROFILE_CONSUMER__AVRO__WRITER_SCHEMA": str(SCHEMA),
         "PROFILE_CONSUMER__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "PROFILE_CONSUMER__TARGET__BASE_URL": target_url,
         "PROFILE_CONSUMER__TARGET__COALESCE_WINDOW_MS": "100",

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from consumer.config import Settings, load_settings
-from consumer.embedded import EmbeddedBroker, create_topics
-from consumer.simulator import SimulatorConfig, TargetSimulator
+from devtools.broker import EmbeddedBroker, create_topics
+from devtools.simulator import SimulatorConfig, TargetSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "schemas" / "offline_transaction.avsc"

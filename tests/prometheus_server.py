@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
-from consumer.embedded import free_port
+from devtools.broker import free_port
 
 
 class PrometheusError(RuntimeError):

@@ -4,9 +4,10 @@ import struct
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from consumer.avro import Decoder, Encoder, load_schema, registry_lookup
+from consumer.avro import Decoder, load_schema, registry_lookup
 from consumer.errors import ConfigError, DecodeError
-from consumer.samples import sample_events
+from devtools.encoder import Encoder
+from devtools.samples import sample_events
 from tests.conftest import SCHEMA_PATH
 
 pytestmark = pytest.mark.unit

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import pytest
 
-from consumer.simulator import SimulatorConfig, TargetSimulator
+from devtools.simulator import SimulatorConfig, TargetSimulator
 
 pytestmark = pytest.mark.unit
 
@@ -608,7 +608,7 @@ def test_command_line_serves_until_sigterm() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     config = json.dumps({"quota_limit": 1})
     with subprocess.Popen(
-        [sys.executable, "-m", "consumer.simulator", "--client-code", "acme",
+        [sys.executable, "-m", "devtools", "simulate-target", "--client-code", "acme",
          "--config-json", config],
         stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
     ) as process:
