@@ -1,6 +1,7 @@
 """`profile-consumer`: run, check, preview, simulate-target, demo.
 
-Exit codes: 0 success, 2 invalid configuration or usage, 1 anything else.
+Exit codes (consumer/exits.py): 0 success, 1 failure, 2 invalid configuration or usage,
+3 a dependency unreachable. Nothing escapes `main` as a traceback.
 """
 
 from __future__ import annotations
@@ -13,16 +14,26 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from consumer import __version__, simulator
+from consumer import __version__, exits
 from consumer.config import Settings, load_settings
 from consumer.dlq import cli as dlq_cli
-from consumer.errors import ConfigError, MappingError, PermanentDeliveryError
+from consumer.errors import ConfigError
 from consumer.quota import status as quota_status
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = exits.CONFIG
+NEEDS_DEVTOOLS = (
+    "needs the development tools (devtools/), which are not installed: "
+    "run it from a clone with `pip install -e '.[dev]'`"
+)
+# Development commands: their options and code live in devtools/, which the wheel does not ship.
+DEVTOOLS_COMMANDS = {
+    "simulate-target": "run the Target API simulator",
+    "demo": "embedded broker + simulator + sample events, end to end",
+}
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -35,36 +46,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="profile-consumer",
         description="Kafka offline-channel events into Adobe Target profiles.",
+        epilog=exits.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     run = sub.add_parser("run", help="consume and send, in the foreground (SIGTERM drains)")
     _config_arg(run)
+    run.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="exit 3 unless the broker (and the Schema Registry, if set) answer within SECONDS "
+        "at start-up; default: wait for them, reporting not ready on /readyz",
+    )
     run.set_defaults(handler=cmd_run)
 
     check = sub.add_parser("check", help="validate the configuration and rules; exit 2 if bad")
     _config_arg(check)
+    _json_arg(check, "{config, ok, problems}")
     check.set_defaults(handler=cmd_check)
 
     preview = sub.add_parser("preview", help="show what an event (JSON) would send")
     _config_arg(preview)
     preview.add_argument("--event", required=True, help="a JSON event file, or - for stdin")
+    _json_arg(preview, "{outcome, rules, identity, attributes, requests} or the DLQ reason")
     preview.set_defaults(handler=cmd_preview)
 
-    sim = sub.add_parser("simulate-target", help="run the Target API simulator")
-    simulator.add_arguments(sim)
-    sim.set_defaults(handler=simulator.serve)
-
-    demo = sub.add_parser("demo", help="embedded broker + simulator + sample events, end to end")
-    demo.add_argument("--events", type=int, default=3000, help="sample events to produce")
-    demo.add_argument("--profiles", type=int, default=500, help="distinct customers")
-    demo.add_argument("--poison", type=float, default=0.03, help="share of poison records")
-    demo.set_defaults(handler=cmd_demo)
+    for name, help_text in DEVTOOLS_COMMANDS.items():
+        devtools_parser = sub.add_parser(name, help=help_text, devtools_command=name)
+        devtools_parser.set_defaults(handler=cmd_devtools)
 
     dlq_cli.add_parser(sub)
     quota_status.add_parser(sub)
     return parser
+
+
+def _json_arg(parser: argparse.ArgumentParser, shape: str) -> None:
+    parser.add_argument("--json", action="store_true", help=f"one JSON document: {shape}")
 
 
 def _load(config: Path) -> Settings:
@@ -72,12 +94,33 @@ def _load(config: Path) -> Settings:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    problems = check_problems(args.config)
+    if args.json:
+        doc = {"config": str(args.config), "ok": not problems, "problems": problems}
+        print(json.dumps(doc, indent=2))
+        return exits.CONFIG if problems else exits.OK
+    if problems:
+        raise ConfigError(problems)
+    print(f"{args.config}: OK")
+    return exits.OK
+
+
+def check_problems(config: Path) -> list[str]:
+    """Every problem of the config, its files, schema and rules, in one run."""
+    from consumer.config import validate_settings
     from consumer.stages import build_stages
 
-    settings = _load(args.config)
-    build_stages(settings)
-    print(f"{args.config}: OK")
-    return 0
+    try:
+        result = validate_settings(config)
+    except ConfigError as exc:  # unreadable, or not YAML: nothing more can be judged
+        return exc.problems
+    problems = list(result.problems)
+    if result.stages_checkable:
+        try:
+            build_stages(result.settings)
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -90,6 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: early_stop.set())
     settings = _load(args.config)
+    if args.timeout is not None:
+        _preflight(settings, args.timeout)
     logs.configure(settings.logging.level, settings.logging.mask_identities)
     app = App(settings)
     tune_gc()  # after start-up: what App built lives as long as the process
@@ -116,48 +161,85 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(settings: Settings, timeout: float) -> None:
+    """Fail fast (exit 3) on a broker or registry that does not answer: `run --timeout`."""
+    from consumer.kafka.clients import producer_config
+    from consumer.preflight import broker_metadata, require_registry
+
+    broker_metadata(producer_config(settings), timeout)
+    if settings.avro.schema_registry_url:
+        require_registry(settings.avro.schema_registry_url, timeout)
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
-    from consumer.mapping import event_from_json
+    from consumer.preview import preview_event, render
     from consumer.stages import build_stages
-    from consumer.target.request import build_requests
 
-    settings = _load(args.config)
-    stages = build_stages(settings)
-    text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text("utf-8")
+    stages = build_stages(_load(args.config))
+    result = preview_event(stages, _read_event(args.event))
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return exits.FAILURE if result["outcome"] == "dead-letter" else exits.OK
+
+
+def _read_event(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
     try:
-        event = event_from_json(json.loads(text), stages.reader_schema)
-        update = stages.mapper.map(event)
-    except (MappingError, ValueError) as exc:
-        reason = getattr(exc, "reason", "invalid_json")
-        print(f"dead-letter: stage=map reason={reason}: {exc}")
-        return 1
-    if update is None:
-        print("no rule matched: the event would be skipped (counted, not dead-lettered)")
-        return 0
-    print(f"matched rules: {', '.join(update.rules)}")
-    print(f"identity: {update.identity_type}={update.identity}")
-    print("attributes:")
-    for name, value in update.attributes.items():
-        print(f"  profile.{name} = {value!r}")
+        return Path(name).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise exits.UsageError(f"cannot read the event file {name}: {reason}") from exc
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser; a `devtools_command`'s options are added only when it parses.
+
+    Building the parser (for `run` and every other command) must not import devtools/.
+    """
+
+    def __init__(self, *args: Any, devtools_command: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._devtools_command = devtools_command
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        command, self._devtools_command = self._devtools_command, None
+        if command is not None and not _add_devtools_options(self, command):
+            self.description = NEEDS_DEVTOOLS
+            # Its options are unknown without devtools: the handler says what is missing.
+            if not {"-h", "--help"} & set(args or ()):
+                args = []
+        return super().parse_known_args(args, namespace)
+
+
+def _add_devtools_options(parser: argparse.ArgumentParser, command: str) -> bool:
+    """Add a development command's options from devtools; False when it is not installed."""
     try:
-        requests = build_requests(
-            stages.endpoint_url, update.identity_type, update.identity, update.attributes
-        )
-    except PermanentDeliveryError as exc:
-        print(f"dead-letter: stage=send reason={exc.reason}: {exc}")
-        return 1
-    print(f"request(s): {len(requests)}")
-    for request in requests:
-        print(f"{request.method} {request.url}")
-        if request.body:
-            print(f"  body: {request.body.decode('ascii')}")
-    return 0
+        from devtools.commands import COMMANDS
+    except ImportError as exc:
+        if not _devtools_missing(exc):
+            raise
+        return False
+    COMMANDS[command].add_arguments(parser)
+    return True
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from consumer.demo import run_demo
+def cmd_devtools(args: argparse.Namespace) -> int:
+    """`simulate-target` and `demo`: run from devtools, imported only now."""
+    try:
+        from devtools.commands import COMMANDS
+    except ImportError as exc:
+        if not _devtools_missing(exc):
+            raise
+        print(f"profile-consumer {args.command}: {NEEDS_DEVTOOLS}", file=sys.stderr)
+        return EXIT_CONFIG
+    return COMMANDS[args.command].run(args)
 
-    return run_demo(args.events, args.profiles, args.poison)
+
+def _devtools_missing(exc: ImportError) -> bool:
+    # A module missing inside devtools (a dev dependency) is a real error, not an absent devtools.
+    return exc.name is None or exc.name.split(".")[0] == "devtools"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,13 +247,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
-        print(f"profile-consumer {args.command}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the point: one paragraph and an exit code, never a traceback
+        return exits.report(_command_name(args), exc)
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, "dlq_command", None) or getattr(args, "quota_command", None)
+    return f"{args.command} {sub}" if sub else str(args.command)
 
 
 if __name__ == "__main__":

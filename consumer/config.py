@@ -10,6 +10,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,7 +29,7 @@ from pydantic import (
 )
 
 from consumer.errors import ConfigError
-from consumer.yamlfile import read_yaml
+from consumer.yamlfile import NOT_IN_FILE, KeyPath, line_of, read_yaml_with_lines
 
 ENV_PREFIX = "PROFILE_CONSUMER__"
 KafkaValue = str | int | float | bool
@@ -41,6 +42,10 @@ _REGISTRY_URL = re.compile(r"^(https?|mock)://[^\s/?#,]+(/[^\s?#,]*)?$")
 # Keys whose values are never echoed back in messages (secrets, URLs that may carry them).
 _SECRET_KEYS = ("target.token", "target.proxy", "avro.schema_registry_url")
 _PROXY_URL = re.compile(r"^https?://[^\s/?#]+/?$")
+DLQ_LOOP = "kafka.dlq_topic must not be one of kafka.topics (it would loop)"
+# The sections whose files and values the schema and rules are built from (`check` builds them
+# only when these are valid, so a broken section is reported once, not again as a rules error).
+STAGE_SECTIONS = ("avro", "mapping", "target")
 
 
 class _Section(BaseModel):
@@ -58,10 +63,15 @@ class KafkaSettings(_Section):
     config: dict[str, KafkaValue] = Field(default_factory=dict)
     poll_batch_size: int = Field(500, ge=1, le=100_000)
     commit_interval_seconds: float = Field(1.0, gt=0)
+    # False where applications may not create topics (ACLs): the quota ledger and the replay
+    # tool's state topic must then exist, and their absence is an error naming them.
+    create_topics: bool = True
 
 
 class AvroSettings(_Section):
     schema_registry_url: str | None = None
+    # Bound on one writer-schema lookup; past it the record waits and the consumer is not ready.
+    schema_registry_timeout_seconds: float = Field(10.0, gt=0, le=300)
     writer_schema: Path = Path("schemas/offline_transaction.avsc")
     # The schema the mapping rules are written against; defaults to the writer schema.
     reader_schema: Path | None = None
@@ -87,6 +97,8 @@ class TargetSettings(_Section):
     retry_max_seconds: float = Field(3600.0, gt=0)
     retry_base_seconds: float = Field(0.5, gt=0)
     retry_cap_seconds: float = Field(60.0, gt=0)
+    # A Retry-After above this is read as this: one absurd answer must not hold the fleet.
+    retry_after_max_seconds: float = Field(3600.0, gt=0, le=86_400)
     coalesce_window_ms: int = Field(500, ge=0)
     # A CA bundle path, or false to turn verification off (never the default).
     verify_tls: bool | Path = True
@@ -145,7 +157,7 @@ class LoggingSettings(_Section):
 
 class Settings(_Section):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
-    avro: AvroSettings = Field(default_factory=AvroSettings)
+    avro: AvroSettings = Field(default_factory=AvroSettings)  # type: ignore[arg-type]
     target: TargetSettings = Field(default_factory=TargetSettings)  # type: ignore[arg-type]
     quota: QuotaSettings = Field(default_factory=QuotaSettings)  # type: ignore[arg-type]
     mapping: MappingSettings = Field(default_factory=MappingSettings)
@@ -158,7 +170,7 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         if self.kafka.dlq_topic in self.kafka.topics:
-            raise ValueError("kafka.dlq_topic must not be one of kafka.topics (it would loop)")
+            raise ValueError(DLQ_LOOP)
         return self
 
     def ledger_topic(self) -> str:
@@ -184,40 +196,116 @@ class Settings(_Section):
         return candidates[0]
 
 
+@dataclass
+class Validation:
+    """Everything wrong with a config file, found in one pass.
+
+    `settings` is complete when `problems` is empty; otherwise it is a best effort (the valid
+    sections as written, defaults for the broken ones) that only `check` may use, to go on
+    validating the schema and rules. `stages_checkable`: their inputs are all valid.
+    """
+
+    settings: Settings
+    problems: list[str] = field(default_factory=list)
+    stages_checkable: bool = True
+
+
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, merge env overrides, validate. Raises ConfigError listing every problem."""
+    result = validate_settings(path, environ)
+    if result.problems:
+        raise ConfigError(result.problems)
+    return result.settings
+
+
+def validate_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Validation:
+    """Every problem of the file at once: field errors, cross-checks, named files, librdkafka.
+
+    An unreadable file or invalid YAML still raises ConfigError (nothing else can be judged).
+    """
     environ = os.environ if environ is None else environ
     label = str(path) if path is not None else "<defaults>"
-    raw = _read_yaml(path) if path is not None else {}
-    _apply_env(raw, environ)
+    raw, problems, lines = _read_yaml(path) if path is not None else ({}, [], {})
+    from_env = _apply_env(raw, environ)
+    # A key set by the environment is not at its line in the file: no line number for it.
+    lines.update(dict.fromkeys(from_env, NOT_IN_FILE))
     try:
         settings = Settings.model_validate(raw)
+        broken: set[str] = set()
     except ValidationError as exc:
-        raise ConfigError([_describe(label, err) for err in exc.errors()]) from exc
+        # The model's own cross-check is reported by `_raw_cross_checks`, with its line.
+        errors = [e for e in exc.errors() if e["loc"] or DLQ_LOOP not in e["msg"]]
+        problems += [_describe(label, err, lines) for err in errors]
+        broken = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+        settings = _partial(raw, broken)
+        problems += _raw_cross_checks(raw, label, lines)
     settings._source = path.resolve() if path is not None else None
-    problems = _check_files(settings, label) + _check_kafka_config(settings, label)
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    missing = _check_files(settings, label, broken, lines)
+    problems += missing
+    problems += _check_kafka_config(_raw_kafka_config(raw), label, lines)
+    # Only a missing CA bundle leaves the schema and rules worth building.
+    files_ok = all("target.verify_tls" in problem for problem in missing)
+    return Validation(settings, problems, files_ok and not broken & set(STAGE_SECTIONS))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    data, duplicates = read_yaml(path, str(path))
-    if duplicates:
-        raise ConfigError(duplicates)
-    if data is None:
+def _raw_cross_checks(raw: dict[str, Any], label: str, lines: dict[KeyPath, int]) -> list[str]:
+    """The model's cross-checks, on the raw values: they run even when a field is invalid."""
+    kafka = raw.get("kafka")
+    if not isinstance(kafka, dict):
+        return []
+    fields = KafkaSettings.model_fields
+    topics = kafka.get("topics", fields["topics"].get_default(call_default_factory=True))
+    dlq_topic = kafka.get("dlq_topic", fields["dlq_topic"].default)
+    if isinstance(topics, list) and isinstance(dlq_topic, str) and dlq_topic in topics:
+        return [_at(label, lines, ("kafka", "dlq_topic"), DLQ_LOOP)]
+    return []
+
+
+def _raw_kafka_config(raw: dict[str, Any]) -> dict[str, KafkaValue]:
+    """`kafka.config`'s scalar values as written (the others are field errors already)."""
+    kafka = raw.get("kafka")
+    config = kafka.get("config") if isinstance(kafka, dict) else None
+    if not isinstance(config, dict):
         return {}
+    scalar = (str, int, float, bool)
+    return {str(k): v for k, v in config.items() if isinstance(v, scalar)}
+
+
+def _partial(raw: dict[str, Any], broken: set[str]) -> Settings:
+    """Settings from the sections that validate, defaults for the others (never run with it)."""
+    sections: dict[str, Any] = {}
+    for name, info in Settings.model_fields.items():
+        if name in broken or not isinstance(raw.get(name), dict):
+            continue
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            sections[name] = model.model_validate(raw[name])
+    return Settings.model_construct(**sections)
+
+
+def _at(label: str, lines: dict[KeyPath, int], path: KeyPath, what: str) -> str:
+    """`FILE:LINE: what` where the key is written in the file, else `FILE: what`."""
+    line = line_of(lines, path)
+    return f"{label}:{line}: {what}" if line is not None else f"{label}: {what}"
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], list[str], dict[KeyPath, int]]:
+    data, duplicates, lines = read_yaml_with_lines(path, str(path))
+    if data is None:
+        return {}, duplicates, lines
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of sections at the top level"])
-    return data
+    return data, duplicates, lines
 
 
-def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> list[KeyPath]:
     """PROFILE_CONSUMER__KAFKA__BOOTSTRAP_SERVERS=x sets raw['kafka']['bootstrap_servers'].
 
     Values are parsed as YAML scalars/flow collections so lists and numbers work. Keys under
     kafka.config use librdkafka's dotted names: `..__CONFIG__SASL_PASSWORD` -> `sasl.password`.
+    Returns the key paths it set.
     """
+    applied: list[KeyPath] = []
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -234,6 +322,8 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
                 node[part] = child
             node = child
         node[parts[-1]] = _env_value(parts, environ[name])
+        applied.append(tuple(parts))
+    return applied
 
 
 def _env_value(parts: list[str], value: str) -> Any:
@@ -246,7 +336,7 @@ def _env_value(parts: list[str], value: str) -> Any:
         return value
 
 
-def _describe(label: str, err: Any) -> str:
+def _describe(label: str, err: Any, lines: dict[KeyPath, int]) -> str:
     loc = [str(p) for p in err["loc"]]
     kind = err["type"]
     if (
@@ -273,10 +363,12 @@ def _describe(label: str, err: Any) -> str:
     echo = kind not in ("extra_forbidden", "missing", "kafka_value", "value_error")
     if echo and "input" in err and key not in _SECRET_KEYS:
         expected += f" (got {err['input']!r})"
-    return f"{label}: {key}: {expected}" if key else f"{label}: {expected}"
+    return _at(label, lines, tuple(loc), f"{key}: {expected}" if key else expected)
 
 
-def _check_kafka_config(settings: Settings, label: str) -> list[str]:
+def _check_kafka_config(
+    config: Mapping[str, KafkaValue], label: str, lines: dict[KeyPath, int] | None = None
+) -> list[str]:
     """Let librdkafka itself validate each `kafka.config` property, offline.
 
     Unknown properties and bad values used to pass `check` and make `run` die with a
@@ -289,7 +381,7 @@ def _check_kafka_config(settings: Settings, label: str) -> list[str]:
     quiet = logging.Logger("librdkafka-config-check")
     quiet.disabled = True  # e.g. "producer property ignored by this consumer"
     problems = []
-    for key, value in settings.kafka.config.items():
+    for key, value in config.items():
         if key == "bootstrap.servers":
             continue
         try:
@@ -299,23 +391,34 @@ def _check_kafka_config(settings: Settings, label: str) -> list[str]:
             # "Failed to create" comes from checks across properties (a SASL protocol with no
             # mechanism yet...): those are judged on the whole config, at run time.
             if not message.startswith("Failed to create"):
-                problems.append(f"{label}: kafka.config.{key}: {message}")
+                where = ("kafka", "config", key)
+                problems.append(_at(label, lines or {}, where, f"kafka.config.{key}: {message}"))
     return problems
 
 
-def _check_files(settings: Settings, label: str) -> list[str]:
+def _check_files(
+    settings: Settings,
+    label: str,
+    broken: set[str] | None = None,
+    lines: dict[KeyPath, int] | None = None,
+) -> list[str]:
+    """Files the config names must exist (sections that failed validation are not looked at)."""
+    skip, lines = broken or set(), lines or {}
     problems = []
-    named = [("avro.writer_schema", settings.avro.writer_schema)]
-    if settings.avro.reader_schema is not None:
-        named.append(("avro.reader_schema", settings.avro.reader_schema))
-    named.append(("mapping.rules", settings.mapping.rules))
+    named: list[tuple[str, Path]] = []
+    if "avro" not in skip:
+        if not settings.avro.schema_registry_url:
+            named.append(("avro.writer_schema", settings.avro.writer_schema))
+        if settings.avro.reader_schema is not None:
+            named.append(("avro.reader_schema", settings.avro.reader_schema))
+    if "mapping" not in skip:
+        named.append(("mapping.rules", settings.mapping.rules))
     for key, path in named:
-        if key == "avro.writer_schema" and settings.avro.schema_registry_url:
-            continue
-        resolved = settings.resolve(path)
-        if not resolved.is_file():
-            problems.append(f"{label}: {key}: expected an existing file, {str(path)!r} not found")
-    tls = settings.target.verify_tls
+        if not settings.resolve(path).is_file():
+            what = f"{key}: expected an existing file, {str(path)!r} not found"
+            problems.append(_at(label, lines, tuple(key.split(".")), what))
+    tls = settings.target.verify_tls if "target" not in skip else True
     if isinstance(tls, Path) and not settings.resolve(tls).is_file():
-        problems.append(f"{label}: target.verify_tls: expected true, false or a CA bundle file")
+        what = "target.verify_tls: expected true, false or a CA bundle file"
+        problems.append(_at(label, lines, ("target", "verify_tls"), what))
     return problems

@@ -45,6 +45,14 @@ class RegistryUnavailable(ProfileConsumerError):
     """The Schema Registry could not answer: retry the record later, never dead-letter it."""
 
 
+class Unreachable(ProfileConsumerError):
+    """A command's dependency (the broker, the Schema Registry) did not answer in time."""
+
+
+class TopicMissing(ProfileConsumerError):
+    """A topic the app needs is absent and `kafka.create_topics` forbids creating it."""
+
+
 class DeliveryError(ProfileConsumerError):
     """Sending an update to Target failed."""
 
@@ -76,7 +84,7 @@ class PermanentDeliveryError(DeliveryError, EventError):
 
 
 class HttpTransportError(ProfileConsumerError):
-    """No HTTP answer came back (consumer/target/http11.py); the client makes it retryable."""
+    """No HTTP answer came back (consumer/target/http.py); the client makes it retryable."""
 
 
 class HttpConnectionError(HttpTransportError):

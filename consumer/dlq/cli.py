@@ -10,12 +10,16 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consumer.dlq.records import Selection, dumps, parse_time
 
+if TYPE_CHECKING:
+    from consumer.config import Settings
+
 DEFAULT_SAMPLE = 10
 DEFAULT_MAX_REPLAYS = 3
+DEFAULT_TIMEOUT = 10.0
 
 
 def add_parser(sub: Any) -> None:
@@ -41,6 +45,7 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_MAX_REPLAYS,
         help="refuse records already replayed this many times (from their replay.count)",
     )
+    replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.set_defaults(handler=cmd_replay)
 
 
@@ -58,6 +63,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--since", type=_timestamp, help="dead-lettered at or after (ISO 8601, UTC if no zone)"
     )
     parser.add_argument("--until", type=_timestamp, help="dead-lettered before (ISO 8601)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="exit 3 when the broker (inspect: or the Schema Registry) does not answer in time",
+    )
 
 
 def _selection(args: argparse.Namespace) -> Selection:
@@ -67,15 +79,12 @@ def _selection(args: argparse.Namespace) -> Selection:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from consumer.config import load_settings
     from consumer.dlq.inspection import build_report, render_table
-    from consumer.dlq.kafka_io import DlqToolError
     from consumer.stages import build_stages
 
     settings = load_settings(args.config)
     decoder = build_stages(settings).decoder
-    try:
-        report = build_report(settings, _selection(args), args.limit)
-    except DlqToolError as exc:
-        return _fail("inspect", exc)
+    _preflight(settings, args.timeout, registry=True)
+    report = build_report(settings, _selection(args), args.limit)
     data = report.as_dict(decoder)
     if args.json:
         print(dumps(data))
@@ -86,21 +95,31 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from consumer.config import load_settings
-    from consumer.dlq.kafka_io import DlqToolError
-    from consumer.dlq.replay import run_replay
+    from consumer.dlq.replay import exit_code, render_summary, run_replay
 
     settings = load_settings(args.config)
-    try:
-        return run_replay(
-            settings, _selection(args), args.limit, args.max_replays, args.dry_run, sys.stdout
-        )
-    except DlqToolError as exc:
-        return _fail("replay", exc)
+    _preflight(settings, args.timeout, registry=False)  # replays bytes: no decoding
+    summary = run_replay(
+        settings,
+        _selection(args),
+        limit=args.limit,
+        max_replays=args.max_replays,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        print(dumps(summary))
+        return exit_code(summary)
+    return render_summary(summary, sys.stdout, sys.stderr)
 
 
-def _fail(command: str, exc: Exception) -> int:
-    print(f"profile-consumer dlq {command}: error: {exc}", file=sys.stderr)
-    return 1
+def _preflight(settings: Settings, timeout: float, *, registry: bool) -> None:
+    """Unreachable (exit 3) in `timeout` s, rather than a wait and a librdkafka log per retry."""
+    from consumer.kafka.clients import producer_config
+    from consumer.preflight import broker_metadata, require_registry
+
+    broker_metadata(producer_config(settings), timeout)
+    if registry and settings.avro.schema_registry_url:
+        require_registry(settings.avro.schema_registry_url, timeout)
 
 
 def _timestamp(text: str) -> datetime:

@@ -23,6 +23,7 @@ from consumer.dlq.kafka_io import (
     partitions,
     read_until_quiet,
 )
+from consumer.dlq.progress import ProgressBar
 from consumer.dlq.records import DlqRecord, EventDecoder, Selection, describe, dumps, interleave
 
 ReasonKey = tuple[str, str]  # (stage, reason)
@@ -75,11 +76,19 @@ class Report:
 
 
 def build_report(
-    settings: Settings, selection: Selection, sample_size: int, idle: float = 1.0
+    settings: Settings,
+    selection: Selection,
+    sample_size: int,
+    idle: float = 1.0,
+    scan: ProgressBar | None = None,
 ) -> Report:
-    """Read the DLQ from its beginning; never commits (the replay group is only looked at)."""
+    """Read the DLQ from its beginning; never commits (the replay group is only looked at).
+
+    `scan` shows how far the read has got (on a terminal: the DLQ can hold millions)."""
     topic = settings.kafka.dlq_topic
     report = Report(topic, sample_size)
+    scan = scan or ProgressBar(None, label=f"scanning {topic}")
+    read = 0
     consumer = open_consumer(settings)
     try:
         parts = partitions(consumer, topic)
@@ -89,6 +98,8 @@ def build_report(
         starts = {p: OFFSET_BEGINNING for p in parts}
         now_ms = int(time.time() * 1000)  # a snapshot: what was there when the command started
         for batch in read_until_quiet(consumer, topic, starts, idle, until_ms=now_ms):
+            read += len(batch)
+            scan.update(read)
             for message in batch:
                 record = DlqRecord.from_message(message)
                 if selection.matches(record):
@@ -96,6 +107,7 @@ def build_report(
                     report.add(record, not handled and record.position not in state.done)
     finally:
         consumer.close()
+    scan.finish(read)
     return report
 
 

@@ -206,7 +206,13 @@ class ReplayState:
             self.done.add(position)
 
     def ensure_topic(self, settings: Settings) -> None:
-        """Create the compacted state topic if missing (replication: the broker's default)."""
+        """Create the compacted state topic if missing (replication: the broker's default);
+        with `kafka.create_topics: false` it must exist already (TopicMissing otherwise)."""
+        if not settings.kafka.create_topics:
+            from consumer.preflight import require_topic
+
+            require_topic(producer_config(settings), self.topic, "replay state", 15.0)
+            return
         admin = AdminClient(producer_config(settings))
         new = NewTopic(self.topic, 1, -1, config={"cleanup.policy": "compact"})
         # Keep `admin` referenced until the future resolves (else it fails with _DESTROY).

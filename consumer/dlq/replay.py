@@ -13,11 +13,10 @@ Two passes over the DLQ from the replay group's committed offsets:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
@@ -34,6 +33,7 @@ from consumer.dlq.kafka_io import (
     partitions,
     read_until_quiet,
 )
+from consumer.dlq.progress import ProgressBar
 from consumer.dlq.records import DlqRecord, Selection, refusal, replay_headers
 
 REPLAY = "replay"
@@ -110,12 +110,17 @@ def make_plan(
     max_replays: int,
     limit: int | None,
     idle: float,
+    scan: ProgressBar | None = None,
 ) -> Plan:
     """Pass 1: read from the committed offsets to the end and decide, changing nothing."""
     topic = settings.kafka.dlq_topic
     plan = Plan(committed_starts(consumer, topic, partitions(consumer, topic)))
     now_ms = int(time.time() * 1000)
+    read = 0
     for batch in read_until_quiet(consumer, topic, plan.starts, idle, until_ms=now_ms):
+        read += len(batch)
+        if scan is not None:
+            scan.update(read)
         for message in batch:
             record = DlqRecord.from_message(message)
             plan.ends[record.partition] = record.offset + 1
@@ -124,6 +129,8 @@ def make_plan(
                 plan.skipped += int(selection.matches(record))
             elif action is not None and (limit is None or plan.selected < limit):
                 plan.actions[record.position] = action
+    if scan is not None:
+        scan.finish(read)
     return plan
 
 
@@ -221,71 +228,38 @@ def _produce_confirmed(producer: Producer, records: list[DlqRecord]) -> dict[Pos
     return results
 
 
-class ProgressBar:
-    """A one-line bar on stderr, redrawn at most 10 times a second; silent when not a tty."""
-
-    def __init__(self, total: int, stream: TextIO | None = None, width: int = 30) -> None:
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.enabled = self.stream.isatty()
-        self._drawn = 0.0
-
-    def render(self, done: int) -> str:
-        share = done / self.total if self.total else 1.0
-        filled = round(self.width * min(share, 1.0))
-        bar = "#" * filled + "-" * (self.width - filled)
-        return f"replay [{bar}] {done}/{self.total} ({share:.0%})"
-
-    def update(self, done: int, force: bool = False) -> None:
-        if not self.enabled or (not force and time.monotonic() - self._drawn < 0.1):
-            return
-        self._drawn = time.monotonic()
-        self.stream.write("\r" + self.render(done))
-        self.stream.flush()
-
-    def finish(self, done: int) -> None:
-        if self.enabled:
-            self.update(done, force=True)
-            self.stream.write("\n")
-
-    def message(self, text: str) -> None:
-        """A line above the bar (the bar is redrawn on the next update)."""
-        prefix = "\r\033[K" if self.enabled else ""
-        self.stream.write(f"{prefix}{text}\n")
-        self.stream.flush()
-
-
 def run_replay(
     settings: Settings,
     selection: Selection,
+    *,
     limit: int | None,
     max_replays: int,
     dry_run: bool,
-    out: TextIO,
     idle: float = 1.0,
-) -> int:
-    """The whole command; returns the exit code (1 when a produce failed)."""
+) -> dict[str, Any]:
+    """The whole command; returns its summary (`render_summary` prints it for a terminal)."""
     topic = settings.kafka.dlq_topic
     state = ReplayState(settings)
     consumer = open_consumer(settings)
     try:
         partitions(consumer, topic)  # fail early and clearly on a wrong topic name
         state.load(consumer, idle)
-        plan = make_plan(consumer, settings, state, selection, max_replays, limit, idle)
+        scan = ProgressBar(None, label=f"scanning {topic}")
+        plan = make_plan(consumer, settings, state, selection, max_replays, limit, idle, scan)
         if dry_run:
-            return _print_dry_run(plan, out)
-        return _replay(consumer, settings, state, plan, out)
+            return _dry_run_summary(plan)
+        return _replay(consumer, settings, state, plan)
     finally:
         consumer.close()
 
 
 def _replay(
-    consumer: Consumer, settings: Settings, state: ReplayState, plan: Plan, out: TextIO
-) -> int:
+    consumer: Consumer, settings: Settings, state: ReplayState, plan: Plan
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {"dry_run": False, "selected": plan.selected, "replayed": 0}
+    summary.update(refused=0, skipped=plan.skipped, failed=[], nothing_new=not plan.ends)
     if not plan.ends:
-        print("selected 0, replayed 0, refused 0, skipped 0: nothing new in the DLQ", file=out)
-        return 0
+        return summary
     if plan.selected:
         state.ensure_topic(settings)
     producer = open_producer(settings)
@@ -295,24 +269,54 @@ def _replay(
     finally:
         producer.flush(15)
     bar.finish(outcome.replayed + outcome.refused)
-    print(
-        f"selected {plan.selected}, replayed {outcome.replayed}, refused {outcome.refused}, "
-        f"skipped {plan.skipped} (already replayed)",
-        file=out,
-    )
-    for failure in outcome.failed:
-        print(f"error: produce failed, stopped (run again to resume): {failure}", file=sys.stderr)
-    return 1 if outcome.failed else 0
+    summary.update(replayed=outcome.replayed, refused=outcome.refused, failed=outcome.failed)
+    return summary
 
 
-def _print_dry_run(plan: Plan, out: TextIO) -> int:
-    for (partition, offset), action in sorted(plan.actions.items()):
-        if action != REPLAY:
-            print(f"would refuse partition {partition} offset {offset}: {action}", file=out)
+def _dry_run_summary(plan: Plan) -> dict[str, Any]:
+    refusals = [
+        {"partition": partition, "offset": offset, "reason": action}
+        for (partition, offset), action in sorted(plan.actions.items())
+        if action != REPLAY
+    ]
+    return {
+        "dry_run": True,
+        "selected": plan.selected,
+        "would_replay": plan.selected - plan.refusals,
+        "would_refuse": plan.refusals,
+        "skipped": plan.skipped,
+        "refusals": refusals,
+    }
+
+
+def render_summary(summary: dict[str, Any], out: TextIO, err: TextIO) -> int:
+    """The summary for a terminal; returns the exit code (1 when a produce failed)."""
+    if summary["dry_run"]:
+        for refusal in summary["refusals"]:
+            print(
+                f"would refuse partition {refusal['partition']} offset {refusal['offset']}: "
+                f"{refusal['reason']}",
+                file=out,
+            )
+        print(
+            f"dry run: selected {summary['selected']}, would replay {summary['would_replay']}, "
+            f"would refuse {summary['would_refuse']}, skipped {summary['skipped']} "
+            "(already replayed); nothing was produced or committed",
+            file=out,
+        )
+        return 0
+    if summary["nothing_new"]:
+        print("selected 0, replayed 0, refused 0, skipped 0: nothing new in the DLQ", file=out)
+        return 0
     print(
-        f"dry run: selected {plan.selected}, would replay {plan.selected - plan.refusals}, "
-        f"would refuse {plan.refusals}, skipped {plan.skipped} (already replayed); "
-        "nothing was produced or committed",
+        f"selected {summary['selected']}, replayed {summary['replayed']}, "
+        f"refused {summary['refused']}, skipped {summary['skipped']} (already replayed)",
         file=out,
     )
-    return 0
+    for failure in summary["failed"]:
+        print(f"error: produce failed, stopped (run again to resume): {failure}", file=err)
+    return exit_code(summary)
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    return 1 if summary.get("failed") else 0

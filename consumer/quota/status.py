@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import secrets
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumer.config import Settings, load_settings
 from consumer.quota.ledger import LedgerState
-from consumer.quota.log import KafkaLedgerLog
+from consumer.quota.log import KafkaLedgerLog, as_record
 from consumer.quota.messages import Marker, RecordError, decode, encode, key_of
 from consumer.quota.shared import rule_from
 
@@ -62,16 +63,27 @@ def add_parser(sub: Any) -> None:
         "--config", "-c", type=Path, required=True, help="the YAML configuration file"
     )
     status.add_argument("--json", action="store_true", help="one JSON object instead of a table")
-    status.add_argument("--timeout", type=float, default=30.0, help="seconds to read the ledger")
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds to reach the broker and to read the ledger (exit 3: no broker answered)",
+    )
     status.set_defaults(handler=cmd_status)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from consumer.kafka.clients import producer_config
+    from consumer.preflight import broker_metadata
+
     settings = load_settings(args.config)
+    # An unreachable broker: exit 3 naming it (cli.main), not a KafkaException traceback.
+    broker_metadata(producer_config(settings), args.timeout)
     try:
         status = read_status(settings, args.timeout)
     except TimeoutError as exc:
-        print(f"profile-consumer quota status: {exc}")
+        print(f"profile-consumer quota status: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(as_json(status), indent=2) if args.json else render(status))
     return 0
@@ -132,13 +144,12 @@ def _replay(config: dict[str, Any], topic: str, state: LedgerState, timeout: flo
 
 
 def _apply(state: LedgerState, message: Any) -> None:
-    value = message.value()
+    offset, key, value, stamp = as_record(message)
     try:
         record = decode(value) if value is not None else None
     except RecordError:
-        record = None
-    key = message.key().decode("utf-8", "replace") if message.key() else ""
-    state.apply(int(message.offset()), key, record)
+        record = None  # skipped, as the replicas skip it
+    state.apply(offset, key, record, stamp, time.time())
 
 
 def summarise(settings: Settings, state: LedgerState, exists: bool, now: float) -> QuotaStatus:

@@ -40,8 +40,10 @@ def rules_case(id: str, rules: str, *expect: str) -> Case:
     return Case(id, "mapping: {rules: rules.yaml}\n", ("{dir}/rules.yaml", *expect), rules=rules)
 
 
-def key_case(id: str, config: str, key: str, **kw: object) -> Case:
-    return Case(id, config, (f"{{config}}: {key}:",), **kw)  # type: ignore[arg-type]
+def key_case(id: str, config: str, key: str, line: int | None = 1, **kw: object) -> Case:
+    """`FILE:LINE: key:` (`FILE: key:` for a key the environment sets: it has no line)."""
+    where = f"{{config}}:{line}" if line is not None else "{config}"
+    return Case(id, config, (f"{where}: {key}:",), **kw)  # type: ignore[arg-type]
 
 
 CASES = [
@@ -107,7 +109,11 @@ CASES = [
         forbid=("s3cret-t0ken",),
     ),
     key_case(
-        "env-override-wrong-type", "", "quota.limit", env={"PROFILE_CONSUMER__QUOTA__LIMIT": "lots"}
+        "env-override-wrong-type",
+        "",
+        "quota.limit",
+        line=None,
+        env={"PROFILE_CONSUMER__QUOTA__LIMIT": "lots"},
     ),
     # --- URLs --------------------------------------------------------------------------------
     key_case("base-url-scheme", "target: {base_url: 'ftp://target.example'}\n", "target.base_url"),
@@ -149,7 +155,7 @@ CASES = [
     Case(
         "dlq-is-a-source-topic",
         "kafka: {topics: [a, b], dlq_topic: b}\n",
-        ("{config}: kafka.dlq_topic must not be one of kafka.topics",),
+        ("{config}:1: kafka.dlq_topic must not be one of kafka.topics",),
     ),
     # --- rules files: file, rule and key -----------------------------------------------------
     rules_case(

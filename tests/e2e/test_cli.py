@@ -14,7 +14,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from consumer.app import App
-from consumer.samples import sample_events
+from devtools.samples import sample_events
 from tests.conftest import ROOT
 from tests.helpers import committed, encoder, event_key, expected_profiles, produce
 
@@ -44,8 +44,8 @@ def test_check_lists_every_problem_with_file_and_key(tmp_path: Path) -> None:
     result = cli("check", "--config", str(config))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    for key in ("kafka.bootstrap", "target.max_in_flight", "quota.limit"):
-        assert f"{config}: {key}:" in result.stderr
+    for line, key in ((2, "kafka.bootstrap"), (4, "target.max_in_flight"), (6, "quota.limit")):
+        assert f"{config}:{line}: {key}:" in result.stderr
 
 
 def test_check_names_the_rule_and_field_of_a_bad_rules_file(tmp_path: Path) -> None:
