@@ -155,3 +155,14 @@ class Metrics:
             "Time sends spent waiting for quota (pacing or exhaustion).",
             registry=r,
         )
+        self.quota_ledger_bad_records = Counter(
+            p + "quota_ledger_bad_records",
+            "Quota ledger records skipped as unreadable or invalid (the rest are still applied).",
+            registry=r,
+        )
+        self.clock_skew = Gauge(
+            p + "clock_skew_seconds",
+            "This replica's clock minus the quota ledger broker's, as proven by its own records "
+            "read back (0 within transit; beyond the margin the replica stops sending).",
+            registry=r,
+        )

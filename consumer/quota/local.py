@@ -90,6 +90,7 @@ class QuotaGate:
         burst: int | None = None,
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
+        hold_max_seconds: float = 3600.0,
     ) -> None:
         self.limit = limit
         self.window = window_seconds
@@ -103,11 +104,20 @@ class QuotaGate:
         self._tokens = self._burst
         self._refilled_at = self._clock()
         self._hold_until = 0.0
+        self._hold_max = hold_max_seconds
         self._lock = asyncio.Lock()
         self.waited_seconds = 0.0
+        self.ledger_bad_records = 0  # ledger records skipped as unreadable (shared gate only)
+        self.skew_seconds = 0.0  # this clock against the ledger broker's (shared gate only)
+
+    def health(self) -> tuple[bool, str]:
+        """Whether this gate can send at all (a clock it cannot trust says no, and why)."""
+        return True, "ok"
 
     def hold(self, until: float) -> None:
-        """Send nothing before `until` (clock time): Target asked us to back off."""
+        """Send nothing before `until` (clock time): Target asked us to back off. A hold is
+        never forever: at most `hold_max_seconds` from now, whatever the server said."""
+        until = min(until, self._clock() + self._hold_max)
         self._hold_until = max(self._hold_until, until)
 
     async def wait_hold(self) -> None:

@@ -4,6 +4,10 @@ The reader hands records to the event loop in log order; `append` returns the re
 from the producer's delivery report. Nothing here trusts ListOffsets (Tansu answers "latest"
 with the last batch's base offset + 1): a writer knows it has read the ledger up to its own
 record when the reader has applied that record's offset.
+
+Each record comes with the broker's timestamp when the topic has `LogAppendTime` (the one
+clock every replica shares: the replay bounds each writer's clock by it), else None: a
+`CreateTime` stamp is only the writer's own clock again, and proves nothing about it.
 """
 
 from __future__ import annotations
@@ -15,13 +19,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    KafkaError,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 log = logging.getLogger(__name__)
 
-LogRecord = tuple[int, str, bytes | None]  # offset, key, value (None: tombstone)
+# offset, key, value (None: tombstone), broker timestamp in seconds (None: not the broker's)
+LogRecord = tuple[int, str, bytes | None, float | None]
 OnRecords = Callable[[list[LogRecord]], None]
 
 
@@ -37,21 +49,27 @@ class LedgerLog(Protocol):
 
 
 class MemoryLog:
-    """An in-process ledger several gates can share: unit tests of the replay and the gates."""
+    """An in-process ledger several gates can share: unit tests of the replay and the gates.
 
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes | None]] = []
+    With a `clock`, records are stamped like a `LogAppendTime` topic (the broker's clock);
+    without, like a `CreateTime` one (no stamp the replay can trust).
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.records: list[LogRecord] = []
         self._readers: list[OnRecords] = []
+        self._clock = clock
 
     async def start(self, on_records: OnRecords) -> None:
-        on_records([(i, k, v) for i, (k, v) in enumerate(self.records)])
+        on_records(list(self.records))
         self._readers.append(on_records)
 
     async def append(self, key: str, value: bytes | None) -> int:
         offset = len(self.records)
-        self.records.append((key, value))
-        for reader in self._readers:
-            reader([(offset, key, value)])
+        record = (offset, key, value, self._clock() if self._clock is not None else None)
+        self.records.append(record)
+        for reader in list(self._readers):
+            reader([record])
         return offset
 
     async def close(self) -> None:
@@ -64,16 +82,30 @@ class MemoryLog:
 
 def topic_config(window_seconds: float) -> dict[str, str]:
     """Compacted; a record is kept at least three windows (plus a minute) before compaction,
-    so every record a live decision could depend on is still there for a replay."""
+    so every record a live decision could depend on is still there for a replay. Stamped by
+    the broker (`LogAppendTime`): the replay bounds every writer's clock by that stamp."""
     lag_ms = int((3 * window_seconds + 60) * 1000)
-    return {"cleanup.policy": "compact", "min.compaction.lag.ms": str(lag_ms)}
+    return {
+        "cleanup.policy": "compact",
+        "min.compaction.lag.ms": str(lag_ms),
+        "message.timestamp.type": "LogAppendTime",
+    }
 
 
 class KafkaLedgerLog:
     """One partition of a Kafka topic; a reader thread and a producer with its poll thread."""
 
-    def __init__(self, config: dict[str, Any], topic: str, window_seconds: float) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        window_seconds: float,
+        *,
+        create_topic: bool = True,
+    ) -> None:
         self._config = config
+        # False (`kafka.create_topics`): the topic must exist; a missing one is fatal.
+        self._create_topic = create_topic
         self.topic = topic
         self._window = window_seconds
         self._closed = threading.Event()
@@ -112,7 +144,11 @@ class KafkaLedgerLog:
         }
 
     def ensure_topic(self, timeout: float = 15.0) -> None:
-        """Create the topic (one partition, compacted) unless it exists; never fatal here."""
+        """Create the topic (one partition, compacted) unless it exists; never fatal here,
+        except a topic we may not create (`kafka.create_topics: false`) that is missing."""
+        if not self._create_topic:
+            self._require_topic(timeout)
+            return
         config: dict[str, Any] = {**self._config, "logger": log}
         admin = AdminClient(config)
         new = NewTopic(self.topic, 1, -1, config=topic_config(self._window))
@@ -126,6 +162,18 @@ class KafkaLedgerLog:
                     "cannot create the ledger topic (appends will retry)",
                     extra={"event": "ledger_create_failed", "error": str(exc)},
                 )
+
+    def _require_topic(self, timeout: float) -> None:
+        from consumer.errors import Unreachable
+        from consumer.preflight import require_topic
+
+        try:
+            require_topic(self._config, self.topic, "quota ledger", timeout)
+        except Unreachable as exc:  # a broker still starting: appends will retry
+            log.warning(
+                "cannot check the ledger topic (appends will retry)",
+                extra={"event": "ledger_check_failed", "error": str(exc)},
+            )
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -146,7 +194,7 @@ class KafkaLedgerLog:
                 if first is None:
                     continue
                 batch = [first, *consumer.consume(1000, 0)]
-                records = [_as_record(m) for m in batch if _usable(m)]
+                records = [as_record(m) for m in batch if _usable(m)]
                 if records:
                     loop.call_soon_threadsafe(on_records, records)
         except RuntimeError:
@@ -200,9 +248,13 @@ def _usable(message: Any) -> bool:
     return False
 
 
-def _as_record(message: Any) -> LogRecord:
+def as_record(message: Any) -> LogRecord:
+    """A consumed ledger message as the replay reads it."""
     key = message.key()
-    return int(message.offset()), key.decode("utf-8", "replace") if key else "", message.value()
+    kind, millis = message.timestamp()
+    stamp = millis / 1000 if kind == TIMESTAMP_LOG_APPEND_TIME else None
+    text = key.decode("utf-8", "replace") if key else ""
+    return int(message.offset()), text, message.value(), stamp
 
 
 def _resolve(future: asyncio.Future[int | str], outcome: int | str) -> None:

@@ -22,7 +22,7 @@ def publish_static(gate: QuotaGate, metrics: Metrics) -> None:
 
 async def publish_forever(gate: QuotaGate, metrics: Metrics) -> None:
     """Until cancelled."""
-    waited = 0.0
+    waited, bad = 0.0, 0
     while True:
         snap = gate.snapshot()
         metrics.quota_used.set(snap.used)
@@ -30,5 +30,7 @@ async def publish_forever(gate: QuotaGate, metrics: Metrics) -> None:
         metrics.quota_used_by_replica.set(snap.used_by_this_replica)
         metrics.quota_eta.set(snap.exhaustion_eta_seconds)
         metrics.quota_wait.inc(gate.waited_seconds - waited)
-        waited = gate.waited_seconds
+        metrics.quota_ledger_bad_records.inc(gate.ledger_bad_records - bad)
+        metrics.clock_skew.set(gate.skew_seconds)
+        waited, bad = gate.waited_seconds, gate.ledger_bad_records
         await asyncio.sleep(PUBLISH_INTERVAL_SECONDS)

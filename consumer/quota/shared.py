@@ -5,8 +5,15 @@ or there is none, it asks the ledger for a new one sized to its recent demand (a
 of what is free), waits until it has read its own request back, and learns from the replay rule
 how many units it got. It spends nothing the ledger has not granted, so replicas cannot overshoot
 between ledger reads. No budget, or a hold: it waits, and the pipeline's bounded buffer pauses
-the partitions. Time is the injected `clock` (the caller's, for `hold`) plus a fixed offset to
-wall time, the ledger's time.
+the partitions. Time is the injected `clock` (the caller's, for `hold`) plus an offset to
+wall time, the ledger's time, taken again every housekeeping turn (so a clock NTP steps back
+into line is followed).
+
+Where the ledger carries the broker's timestamps, every record of ours it reads back is a
+measure of our clock against the broker's: appended at our `at`, stamped at `stamp`, read at
+our `now`, so a healthy clock has at <= stamp <= now. A clock off by more than the rule's skew
+margin stops this replica's sends (the replay could not trust its times), makes it not ready
+and is logged with the skew; a probe record measures it again until it is back in line.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from consumer.quota.log import KafkaLedgerLog, LedgerLog, LogRecord
 from consumer.quota.messages import (
     Hold,
     LeaseRequest,
+    Marker,
+    Record,
     RecordError,
     Release,
     Settle,
@@ -42,6 +51,7 @@ log = logging.getLogger(__name__)
 
 DEMAND_SECONDS = 1.0  # a lease covers about this much of the replica's recent demand
 HOUSEKEEPING_SECONDS = 0.5
+PROBE = "clock"  # the marker that measures this replica's clock while it is not sending
 
 
 @dataclass(slots=True)
@@ -55,8 +65,9 @@ class _Lease:
 
 
 def replica_id() -> str:
-    """Unique per process: the pod name (hostname), the pid and a random suffix."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    """Unique per incarnation: the pod name and pid for people, then 128 random bits, so a
+    restarted pod with the same name and pid never takes a dead process's leases for its own."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(16)}"
 
 
 class SharedQuotaGate(QuotaGate):
@@ -72,12 +83,23 @@ class SharedQuotaGate(QuotaGate):
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         pacing = "smooth" if rule.smooth else "eager"
-        super().__init__(rule.limit, rule.window, pacing, rule.burst, clock=clock, sleep=sleep)
+        super().__init__(
+            rule.limit,
+            rule.window,
+            pacing,
+            rule.burst,
+            clock=clock,
+            sleep=sleep,
+            hold_max_seconds=rule.hold_max,
+        )
         self.rule = rule
         self.replica = replica
         self.state = LedgerState(rule)
         self._ledger = ledger
+        self._wall = wall
         self._to_wall = wall() - clock()  # ledger time = clock() + this
+        self._probing = False  # a clock probe of ours is on its way through the ledger
+        self._probe_after = -math.inf  # no more than one probe per housekeeping period
         self._lease: _Lease | None = None
         self._next_id = 0
         self._waiters = 0
@@ -91,6 +113,7 @@ class SharedQuotaGate(QuotaGate):
     async def start(self) -> None:
         """Start reading the ledger from its beginning (this restores the window)."""
         await self._ledger.start(self._on_records)
+        self._probe(self.now())  # readiness knows about the clock before the first lease
         self._housekeeper = asyncio.ensure_future(self._housekeeping())
 
     async def close(self) -> None:
@@ -105,16 +128,72 @@ class SharedQuotaGate(QuotaGate):
         await self._ledger.close()
 
     def _on_records(self, records: list[LogRecord]) -> None:
-        for offset, key, value in records:
-            record = None
-            if value is not None:
-                try:
-                    record = decode(value)
-                except RecordError as exc:
-                    log.warning(str(exc), extra={"event": "ledger_record_ignored"})
-            self.state.apply(offset, key, record)
+        received = self.now()
+        for offset, key, value, stamp in records:
+            try:
+                record = decode(value) if value is not None else None
+                self.state.apply(offset, key, record, stamp, received)
+            except Exception as exc:  # one bad record must not cost the rest of the batch
+                self._skipped(offset, exc)
+                continue
+            if stamp is not None and record is not None:
+                self._measure(record, stamp, received)
+            if isinstance(record, Marker) and key == key_of(Marker(self.replica, PROBE)):
+                self._probe_read(key)
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
+
+    def _skipped(self, offset: int, exc: Exception) -> None:
+        """Count and log a record the replay could not use; it still counts as read."""
+        self.ledger_bad_records += 1
+        self.state.offset = max(self.state.offset, offset)
+        log.warning(
+            f"ledger record skipped at offset {offset}: {exc}",
+            exc_info=not isinstance(exc, RecordError),  # an unexpected one: where it came from
+            extra={"event": "ledger_record_ignored", "offset": offset},
+        )
+
+    # --- the clock against the broker's --------------------------------------------------
+
+    def _measure(self, record: Record, stamp: float, received: float) -> None:
+        """Our clock's offset from the broker's, from a record of ours read back."""
+        mine = isinstance(record, LeaseRequest | Marker) and record.replica == self.replica
+        at = getattr(record, "at", None) if mine else None
+        if at is None:
+            return
+        was_ok = self.health()[0]
+        # Appended at `at`, stamped at `stamp`, read at `received`: only what lies outside
+        # that interval is proven skew (the rest is transit).
+        self.skew_seconds = at - stamp if stamp < at else min(0.0, received - stamp)
+        ok, reason = self.health()
+        if ok != was_ok:
+            log.log(
+                logging.INFO if ok else logging.ERROR,
+                reason if not ok else f"clock back within {self.rule.skew}s of the broker's",
+                extra={"event": "clock_skew", "skew_seconds": round(self.skew_seconds, 3)},
+            )
+
+    def _probe_read(self, key: str) -> None:
+        """Our probe came back: tombstone it unless another is needed (same key, replaced)."""
+        self._probing = False
+        if self.health()[0]:
+            self._spawn(self._ledger.append(key, None))
+
+    def health(self) -> tuple[bool, str]:
+        """Not healthy while our clock disagrees with the broker's by more than the margin."""
+        if abs(self.skew_seconds) <= self.rule.skew:
+            return True, "ok"
+        return False, (
+            f"clock skew {self.skew_seconds:+.3f}s against the quota ledger broker's "
+            f"timestamps (margin {self.rule.skew}s): not sending"
+        )
+
+    def _probe(self, now: float) -> None:
+        """Append a marker stamped with our clock; reading it back measures the skew."""
+        if not self._probing and now >= self._probe_after:
+            self._probing, self._probe_after = True, now + HOUSEKEEPING_SECONDS
+            probe = Marker(self.replica, PROBE, at=now)
+            self._spawn(self._ledger.append(key_of(probe), encode(probe)))
 
     # --- the gate ---------------------------------------------------------------------------
 
@@ -123,9 +202,10 @@ class SharedQuotaGate(QuotaGate):
         return self._clock() + self._to_wall
 
     def hold(self, until: float) -> None:
-        """Nobody, on any replica, sends before `until` (this gate's clock)."""
+        """Nobody, on any replica, sends before `until` (this gate's clock), at most
+        `rule.hold_max` from now."""
         super().hold(until)
-        wall_until = until + self._to_wall
+        wall_until = min(until, self._clock() + self.rule.hold_max) + self._to_wall
         if wall_until > self.state.hold_until:
             hold = Hold(self.replica, wall_until)
             self._spawn(self._ledger.append(key_of(hold), encode(hold)))
@@ -143,6 +223,10 @@ class SharedQuotaGate(QuotaGate):
         while True:
             tick = self._tick
             now = self.now()
+            if not self.health()[0]:
+                self._probe(now)
+                await self._wait(max(self._probe_after - now, 1e-3), tick)
+                continue
             delay = self._blocked_for(now)
             if delay <= 0 and self._lease is not None:
                 self._spend(self._lease, now)
@@ -177,11 +261,21 @@ class SharedQuotaGate(QuotaGate):
         ready = self.state.ready_at(self._worth_asking(units), now)
         if ready > now:
             return ready - now
-        self._next_id += 1
+        seen = self.state.replicas.get(self.replica)
+        self._next_id = max(self._next_id, seen.last_lease if seen is not None else 0) + 1
         request = LeaseRequest(self.replica, self._next_id, units, now)
         key = key_of(request)
-        await self._until_applied(await self._ledger.append(key, encode(request)))
+        offset = await self._ledger.append(key, encode(request))
+        await self._until_applied(offset)
         decided = self.state.decision(key)
+        if decided is not None and decided.offset != offset:
+            # Not our request's lease: the id was used before under this name. Never spend
+            # another incarnation's lease; ask again under an id after every one seen.
+            log.warning(
+                "lease id already in the ledger, asking again",
+                extra={"event": "lease_id_reused", "key": key},
+            )
+            return 0.0
         granted = decided.granted if decided is not None else 0
         start = decided.start if decided is not None else now
         if granted < units:
@@ -190,6 +284,8 @@ class SharedQuotaGate(QuotaGate):
             await self._ledger.append(key, encode(settle))
         if granted > 0:
             self._lease = _Lease(key, request.lease, start, granted)
+            if not self.health()[0]:
+                self._retire(self._lease)  # our clock cannot be trusted to spend it
         return 0.0
 
     def _lease_size(self, now: float) -> int:
@@ -239,21 +335,25 @@ class SharedQuotaGate(QuotaGate):
         while True:
             # Real time on purpose: a fake sleep that returns at once would spin here.
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            self._to_wall = self._wall() - self._clock()  # follow a clock NTP stepped
             now = self.now()
             lease = self._lease
             idle = lease is not None and not self._lock.locked()
             if idle and lease is not None and now >= lease.start + self.rule.ttl:
                 self._retire(lease)
-            self.state.expire(self.state.clock)
+            if not self.health()[0]:
+                self._probe(now)
             for key in self._tombstones(now):
                 await self._ledger.append(key, None)
 
     def _tombstones(self, now: float) -> list[str]:
-        """Our own expired leases, and those of replicas gone for a window if we are the
-        first live replica by name (so one replica, not all, cleans up after the dead)."""
+        """Our own expired leases and holds, and those of replicas gone for a window if we are
+        the first live replica by name (so one replica, not all, cleans up after the dead)."""
+        self.state.expire(self.state.clock)
         live = self.state.active_replicas(now - self.rule.window) | {self.replica}
         janitor = min(live) == self.replica
         keys, self.state.expired = self.state.expired, []
+        keys += self.state.expired_holds(now)
         return [k for k in keys if _owner(k) == self.replica or (janitor and _owner(k) not in live)]
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
@@ -279,19 +379,31 @@ class SharedQuotaGate(QuotaGate):
 
 
 def _owner(key: str) -> str:
-    return key.split(":")[1] if key.count(":") >= 2 else ""
+    """The replica in `lease:<replica>:<id>` or `hold:<replica>`."""
+    return key.split(":")[1] if ":" in key else ""
 
 
 def rule_from(settings: Settings) -> QuotaRule:
     q = settings.quota
-    return QuotaRule(q.limit, q.window_seconds, q.pacing == "smooth", q.burst_allowance())
+    return QuotaRule(
+        q.limit,
+        q.window_seconds,
+        q.pacing == "smooth",
+        q.burst_allowance(),
+        hold_max=settings.target.retry_after_max_seconds,
+    )
 
 
 async def open_shared_gate(
     settings: Settings, kafka_config: dict[str, Any], clock: Clock
 ) -> SharedQuotaGate:
     """The App's gate: the ledger topic (created if missing) read from its beginning."""
-    ledger = KafkaLedgerLog(kafka_config, settings.ledger_topic(), settings.quota.window_seconds)
+    ledger = KafkaLedgerLog(
+        kafka_config,
+        settings.ledger_topic(),
+        settings.quota.window_seconds,
+        create_topic=settings.kafka.create_topics,
+    )
     gate = SharedQuotaGate(rule_from(settings), ledger, replica_id(), clock)
     await gate.start()
     log.info(

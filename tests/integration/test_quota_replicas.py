@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.samples import sample_events
+from devtools.samples import sample_events
 from tests.helpers import encoder, event_key, produce, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
