@@ -1,16 +1,19 @@
-"""HTTP client cost per request: the consumer's HttpPool against httpx, same requests, same run.
+"""HTTP client cost per request on the send path: httpx's own transport against httpx-aiohttp.
 
-Why the consumer has its own HTTP/1.1 client (consumer/target/http11.py): this prints the CPU
-each contender spends per request in this process (the simulator runs in its own process, at
-0 ms latency), with 64 requests in flight over 64 keep-alive connections, as the App sends:
+The send path is `httpx.AsyncClient` (consumer/target/http.py); its transport is chosen by this
+measurement. Each contender is the App's client as `open_client` builds it (the Retry-After
+hold's hooks, the stale-connection retry, the bounded raw read), with only the transport below
+httpx changed:
 
-- `HttpPool`                          the consumer's client
-- `httpx.AsyncClient` over `HttpPool`  httpx's client API on the same connection layer (what
-                                      keeping `httpx.AsyncClient` on top would cost)
-- `httpx.AsyncClient`                 httpx with its default transport (httpcore), the baseline
+- `httpcore (open_client)`   httpx.AsyncHTTPTransport with tuned Limits: what the App runs
+- `httpx-aiohttp`            httpx_aiohttp.AiohttpTransport, same limits, same TLS context
+- `httpx defaults`           a bare `httpx.AsyncClient().get()`, the reference
 
-Each request is a Target profile update GET for a distinct profile (the URL the App builds for
-a 6-attribute update). Contenders are interleaved over --repeat rounds; medians are printed.
+CPU is this process's (the simulator runs in its own process, --latency, 20 ms by default, as
+Target's is far from zero), with IN_FLIGHT
+requests in flight over as many keep-alive connections. Each request is a Target profile
+update GET for a distinct profile (the URL the App builds for a 6-attribute update).
+Contenders are interleaved over --repeat rounds; medians are printed.
 
     .venv/bin/python benchmarks/bench_http_client.py [--requests N] [--repeat R]
 """
@@ -25,23 +28,18 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 from common import Simulator, machine
+from httpx_aiohttp import AiohttpTransport
 
-from consumer.target.http11 import HttpPool
+from consumer.config import Settings
+from consumer.quota import QuotaGate
+from consumer.target.client import RetryAfterHold
+from consumer.target.http import KEEPALIVE_EXPIRY, TargetHttp, open_client
 from consumer.target.request import build_requests, endpoint
+from consumer.target.tls import tls_context
+from consumer.target.transport import HeldTransport
 
-IN_FLIGHT = 64
+IN_FLIGHT = 16
 Send = Callable[[str], Awaitable[int]]
-
-
-class OverPool(httpx.AsyncBaseTransport):
-    """httpx's client API on top of HttpPool: the cheapest way to keep httpx.AsyncClient."""
-
-    def __init__(self, pool: HttpPool) -> None:
-        self._pool = pool
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        answer = await self._pool.request(request.method, str(request.url))
-        return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
 
 
 def urls(base: str, count: int, round_: int) -> list[str]:
@@ -75,25 +73,47 @@ async def drive(send: Send, targets: list[str]) -> tuple[float, float]:
     return len(targets) / wall, cpu / len(targets) * 1e6
 
 
+def aiohttp_client(settings: Settings, hold: RetryAfterHold) -> TargetHttp:
+    """open_client's client with httpx-aiohttp below httpx instead of httpcore."""
+    context = tls_context(settings, environ={})
+
+    def transport(keepalive: int) -> AiohttpTransport:
+        limits = httpx.Limits(
+            max_connections=IN_FLIGHT,
+            max_keepalive_connections=keepalive,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        )
+        return AiohttpTransport(verify=context, limits=limits, trust_env=False)
+
+    held = HeldTransport(pooled=transport(IN_FLIGHT), fresh=transport(0), hold=hold)
+    headers = {"User-Agent": "profile-consumer", "Accept-Encoding": "identity"}
+    client = httpx.AsyncClient(transport=held, headers=headers, timeout=10.0, trust_env=False)
+    return TargetHttp(client=client, timeout=10.0)
+
+
 async def contenders(base: str) -> dict[str, tuple[Send, Callable[[], Awaitable[None]]]]:
-    pool = HttpPool(base, IN_FLIGHT, 10.0)
-    over = httpx.AsyncClient(transport=OverPool(HttpPool(base, IN_FLIGHT, 10.0)), timeout=10)
-    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
-    plain = httpx.AsyncClient(limits=limits, timeout=10)
+    settings = Settings.model_validate(
+        {"target": {"base_url": base, "max_in_flight": IN_FLIGHT, "timeout_seconds": 10.0}}
+    )
+    clock = asyncio.get_running_loop().time
+    hold = RetryAfterHold(QuotaGate(10**9, 86_400, "eager", clock=clock), clock)
+    core = open_client(settings, hold=hold, environ={})
+    aio = aiohttp_client(settings, hold)
+    plain = httpx.AsyncClient(timeout=10, trust_env=False)
 
-    async def via_pool(url: str) -> int:
-        return (await pool.request("GET", url)).status
+    async def via_core(url: str) -> int:
+        return (await core.request("GET", url)).status
 
-    async def via_over(url: str) -> int:
-        return (await over.get(url)).status_code
+    async def via_aio(url: str) -> int:
+        return (await aio.request("GET", url)).status
 
-    async def via_httpx(url: str) -> int:
+    async def via_plain(url: str) -> int:
         return (await plain.get(url)).status_code
 
     return {
-        "HttpPool": (via_pool, pool.aclose),
-        "httpx.AsyncClient over HttpPool": (via_over, over.aclose),
-        "httpx.AsyncClient (httpcore)": (via_httpx, plain.aclose),
+        "httpcore (open_client)": (via_core, core.aclose),
+        "httpx-aiohttp": (via_aio, aio.aclose),
+        "httpx defaults": (via_plain, plain.aclose),
     }
 
 
@@ -113,23 +133,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.02, help="simulator latency, s")
     args = parser.parse_args()
-    with Simulator(0.0, max_records=10) as sim:
+    with Simulator(args.latency, max_records=10) as sim:
         results = asyncio.run(main_async(sim.url, args.requests, args.repeat))
     print(f"machine: {machine()}")
-    print(f"{args.requests:,} GETs per round, {IN_FLIGHT} in flight, median of {args.repeat}")
+    print(
+        f"{args.requests:,} GETs per round, {IN_FLIGHT} in flight, "
+        f"{args.latency * 1000:.0f} ms latency, median of {args.repeat}"
+    )
     medians = {
         label: (statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs))
         for label, runs in results.items()
     }
-    base_cpu = medians["httpx.AsyncClient (httpcore)"][1]
+    core_cpu = medians["httpcore (open_client)"][1]
     for label, (rate, cpu) in medians.items():
         print(
-            f"{label:<32}: {rate:8,.0f} requests/s  CPU {cpu:6.0f} us/request  "
-            f"CPU ratio to httpx {cpu / base_cpu:5.2f}"
+            f"{label:<24}: {rate:8,.0f} requests/s  CPU {cpu:6.0f} us/request  "
+            f"CPU ratio to httpcore {cpu / core_cpu:5.2f}"
         )
-    pool_cpu = medians["HttpPool"][1]
-    print(f"RATIO httpx CPU per request / HttpPool: {base_cpu / pool_cpu:.1f}x")
+    faster = min(medians, key=lambda label: medians[label][1] if label != "httpx defaults" else 1e9)
+    print(f"RATIO httpx-aiohttp CPU / httpcore: {medians['httpx-aiohttp'][1] / core_cpu:.2f}")
+    print(f"cheaper transport for the send path: {faster}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Kafka to Target: updates/s of the real App against the bound and against a naive consumer.
 
 Real parts: Tansu (broker), the Target simulator in its own process, the real `App` in this
-process (as `consumer/demo.py` runs it). Every event is for a distinct profile and coalescing
+process (as `devtools/demo.py` runs it). Every event is for a distinct profile and coalescing
 is off (`coalesce_window_ms: 0`), so each event is exactly one request; the quota is unlimited
 (`limit` 1e9, `eager`). The rate is measured from the first accepted update to the last (group
 join excluded); CPU is this process's (all threads) over the same interval.
@@ -13,8 +13,9 @@ Baselines measured in the same run:
 
 Issue 9/4 goals: App >= 0.8 of the bound, >= 20x the naive consumer at 20 ms.
 
-The App's HTTP path is its default one: `consumer.target.http11.HttpPool` (keep-alive, at most
-`max_in_flight` connections) with the quota's Retry-After hooks. The naive consumer uses
+The App's HTTP path is its default one: `consumer.target.http.open_client` (one httpx
+client, at most `max_in_flight` keep-alive connections) with the quota's Retry-After hooks.
+The naive consumer uses
 `httpx.Client`, as the simplest code would.
 `--profile FILE` writes a cProfile (pstats) of the App's first 20 ms run (event-loop thread).
 
@@ -36,10 +37,11 @@ from common import DLQ, TOPIC, Simulator, config, distinct_events, machine, prod
 from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
-from consumer.app import App, build_stages
-from consumer.embedded import EmbeddedBroker
+from consumer.app import App
 from consumer.errors import MappingError
+from consumer.stages import build_stages
 from consumer.target.request import build_requests
+from devtools.broker import EmbeddedBroker
 
 
 async def _drive(app: App, expected: int, timeout: float, window: float | None) -> dict[str, float]:
@@ -94,7 +96,7 @@ def run_app(
         # What is still buffered when the window ends is abandoned, not drained.
         pipeline={"shutdown_timeout_seconds": 0.5},
     )
-    app = App(settings(workdir, cfg), CollectorRegistry())
+    app = App(settings(workdir, cfg), registry=CollectorRegistry())
     if profile is None:
         return asyncio.run(_drive(app, expected, 300, window))
     profiler = cProfile.Profile()

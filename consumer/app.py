@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -30,8 +31,7 @@ from consumer.quota.shared import open_shared_gate
 from consumer.stages import build_stages
 from consumer.target.client import RetryAfterHold, TargetClient
 from consumer.target.delivery import CircuitBreaker, Delivery
-from consumer.target.http11 import HttpPool
-from consumer.target.tls import tls_context
+from consumer.target.http import open_client
 
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -54,6 +54,7 @@ class App:
         self.ops: OpsServer | None = None
         self.source: KafkaSource | None = None
         self._intake: Intake | None = None
+        self._quota_health: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
         self._started = time.monotonic()
 
     # --- probes (called from the ops server thread) --------------------------------------
@@ -70,7 +71,9 @@ class App:
             return False, "not yet in the consumer group"
         if not self.source.broker_up:
             return False, f"broker unreachable: {self.source.last_error or 'unknown'}"
-        return True, "ok"
+        if self._intake is not None and self._intake.registry_problem:
+            return False, f"schema registry: {self._intake.registry_problem}"
+        return self._quota_health()  # e.g. a clock too far from the ledger broker's
 
     def _publish_ready(self) -> None:
         self.metrics.ready.set(int(self.ready()[0]))
@@ -86,18 +89,9 @@ class App:
         log.info("starting", extra={"event": "starting", "metrics_port": self.ops.port})
         # Shared by every replica through the ledger topic (docs/quota.md).
         gate = await open_shared_gate(s, producer_config(s), clock)
+        self._quota_health = gate.health
         publish_static(gate, self.metrics)
-        hold = RetryAfterHold(gate, clock)
-        token = s.target.token.get_secret_value() if s.target.token else None
-        http = HttpPool(
-            s.target.url(),
-            s.target.max_in_flight,
-            s.target.timeout_seconds,
-            tls_context(s),
-            {"Authorization": f"Bearer {token}"} if token else None,
-            before_send=hold.before_send,
-            on_answer=hold.on_answer,
-        )
+        http = open_client(s, hold=RetryAfterHold(gate, clock))
         circuit = CircuitBreaker(
             s.target.circuit_failure_threshold,
             s.target.circuit_open_seconds,
@@ -105,14 +99,15 @@ class App:
             on_change=lambda is_open: self.metrics.circuit_open.set(int(is_open)),
         )
         delivery = Delivery(
-            TargetClient(http, self.metrics),
-            gate,
-            circuit,
-            self.metrics,
-            clock,
-            s.target.retry_max_seconds,
-            s.target.retry_base_seconds,
-            s.target.retry_cap_seconds,
+            client=TargetClient(http=http, metrics=self.metrics),
+            gate=gate,
+            circuit=circuit,
+            metrics=self.metrics,
+            clock=clock,
+            retry_max_seconds=s.target.retry_max_seconds,
+            base_seconds=s.target.retry_base_seconds,
+            cap_seconds=s.target.retry_cap_seconds,
+            retry_after_max_seconds=s.target.retry_after_max_seconds,
         )
         tracker = OffsetTracker()
         dlq = DeadLetterWriter(producer_config(s), s.kafka.dlq_topic, self.metrics)

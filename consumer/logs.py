@@ -53,6 +53,6 @@ def configure(level: str = "INFO", mask_identities: bool = True) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # The Schema Registry client runs on httpx, which logs every request at INFO: noise.
-    # (Target requests go through consumer/target/http11.py, which logs nothing per request.)
+    # Target requests go through httpx too: their URLs hold identities, so never at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from consumer.errors import (
@@ -20,7 +20,7 @@ from consumer.errors import (
 )
 from consumer.metrics import Metrics
 from consumer.quota import QuotaGate
-from consumer.target.http11 import Answer
+from consumer.target.http import Answer
 from consumer.target.request import FORM, TargetRequest
 from consumer.target.response import parse_answer
 
@@ -50,7 +50,7 @@ def parse_retry_after(value: str | None, wall_clock: Callable[[], float]) -> flo
 
 
 class Sender(Protocol):
-    """What TargetClient sends through: consumer.target.http11.HttpPool, or a fake in tests."""
+    """What TargetClient sends through: consumer.target.http.TargetHttp, or a fake in tests."""
 
     async def request(
         self, method: str, url: str, body: bytes = b"", content_type: str | None = None
@@ -58,10 +58,10 @@ class Sender(Protocol):
 
 
 class RetryAfterHold:
-    """Applies Retry-After at the connection level, through the pool's two hooks.
+    """Applies Retry-After at the transport, through its two hooks (consumer/target/transport.py).
 
-    The hold is set as soon as an answer is read, before its connection is free again, and
-    checked before a request takes a connection and again right before it is written.
+    The hold is set as soon as an answer's headers arrive, before its body is read and its
+    connection is free again, and checked right before each request goes to the pool.
     Applied only after the answer reached the caller, a task that had already passed the quota
     gate could take the freed connection and send before the hold existed.
     """
@@ -79,9 +79,9 @@ class RetryAfterHold:
     async def before_send(self) -> None:
         await self._gate.wait_hold()
 
-    def on_answer(self, answer: Answer) -> None:
-        if is_retryable(answer.status):
-            seconds = parse_retry_after(answer.headers.get("retry-after"), self._wall_clock)
+    def on_answer(self, status: int, headers: Mapping[str, str]) -> None:
+        if is_retryable(status):
+            seconds = parse_retry_after(headers.get("retry-after"), self._wall_clock)
             if seconds:
                 self._gate.hold(self._clock() + seconds)
 
@@ -89,11 +89,12 @@ class RetryAfterHold:
 class TargetClient:
     """Sends one request per call; share one instance (one connection pool).
 
-    The token is not its business: the pool carries it as a static header, set once.
+    The token is not its business: the HTTP client carries it as a static header, set once.
     """
 
     def __init__(
         self,
+        *,
         http: Sender,
         metrics: Metrics,
         wall_clock: Callable[[], float] = time.time,

@@ -19,7 +19,7 @@ from consumer.metrics import Metrics
 from consumer.quota import QuotaGate
 from consumer.target.client import RetryAfterHold, TargetClient, parse_retry_after
 from consumer.target.delivery import CircuitBreaker, Delivery
-from consumer.target.http11 import Answer
+from consumer.target.http import Answer
 from consumer.target.request import TargetRequest
 
 pytestmark = pytest.mark.unit
@@ -54,7 +54,7 @@ def answer(status: int, body: bytes = b"", headers: dict[str, str] | None = None
 
 
 class FakeSender:
-    """Stands in for HttpPool: hands each request to `handler`, which answers or raises."""
+    """Stands in for TargetHttp: hands each request to `handler`, which answers or raises."""
 
     def __init__(self, handler: Callable[[Sent], Answer]) -> None:
         self.handler = handler
@@ -67,7 +67,9 @@ class FakeSender:
 
 def client(handler: Callable[[Sent], Answer]) -> TargetClient:
     return TargetClient(
-        FakeSender(handler), Metrics(CollectorRegistry()), wall_clock=lambda: 1_000_000.0
+        http=FakeSender(handler),
+        metrics=Metrics(CollectorRegistry()),
+        wall_clock=lambda: 1_000_000.0,
     )
 
 
@@ -114,12 +116,12 @@ async def test_the_hold_hooks_apply_retry_after_to_the_next_send() -> None:
     gate = QuotaGate(10**9, 86400, "eager", clock=t.clock, sleep=t.sleep)
     hold = RetryAfterHold(gate, t.clock, wall_clock=lambda: 1_000_000.0)
     await hold.before_send()
-    hold.on_answer(answer(429, headers={"Retry-After": "5"}))
+    hold.on_answer(429, {"retry-after": "5"})
     assert t.now == 0.0
     await hold.before_send()  # the next request waits out the hold on its connection
     assert t.now == 5.0
-    hold.on_answer(answer(200))
-    hold.on_answer(answer(503))  # no Retry-After: no hold
+    hold.on_answer(200, {"retry-after": "5"})  # not a retryable status: no hold
+    hold.on_answer(503, {})  # no Retry-After: no hold
     await hold.before_send()
     assert t.now == 5.0
 
@@ -159,12 +161,12 @@ def delivery(handler, t: FakeTime, retry_max: float = 3600.0, threshold: int = 1
     circuit = CircuitBreaker(threshold, 5.0, t.clock)
     metrics = Metrics(CollectorRegistry())
     d = Delivery(
-        client(handler),
-        gate,
-        circuit,
-        metrics,
-        t.clock,
-        retry_max,
+        client=client(handler),
+        gate=gate,
+        circuit=circuit,
+        metrics=metrics,
+        clock=t.clock,
+        retry_max_seconds=retry_max,
         sleep=t.sleep,
         rng=random.Random(1),
     )

@@ -1,0 +1,139 @@
+"""The send path's HTTP client: one httpx.AsyncClient for the process, HTTP/1.1, bounded.
+
+httpx (over httpcore and h11) does the protocol; this module chooses its settings and bounds:
+- at most `target.max_in_flight` connections; idle ones expire after KEEPALIVE_EXPIRY;
+- one deadline, `target.timeout_seconds`, for the whole exchange (waiting for a connection,
+  connecting, sending, reading the answer), so a peer trickling bytes cannot hold a request;
+- answers are read raw (no decompression: we ask for `identity`) up to MAX_BODY bytes, then
+  the connection is dropped; h11 bounds heads and chunk-size lines (100 KB in httpcore);
+- TLS through consumer.target.tls; a forward proxy chosen by consumer.target.proxy.
+It raises HttpTimeout or HttpConnectionError (consumer.errors); an HTTP error status is an
+Answer like any other. Error messages carry no URL: it holds the profile identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from consumer.config import Settings
+from consumer.errors import HttpConnectionError, HttpTimeout
+from consumer.target.proxy import choose_proxy, mask
+from consumer.target.tls import tls_context
+from consumer.target.transport import HeldTransport, Hold
+
+log = logging.getLogger(__name__)
+
+# Target answers in a few hundred bytes; response.py reads no more than this either.
+MAX_BODY = 65_536
+# Shorter than the idle timeouts of the NATs, load balancers and proxies between a pod and
+# Target (4 minutes and more), so we drop a flow before a middlebox can silently forget it.
+KEEPALIVE_EXPIRY = 15.0
+_URL = re.compile(r"\S+://\S*")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive names (httpx.Headers)
+    body: bytes
+
+
+class TargetHttp:
+    """Sends one request and reads its bounded answer; share one instance (one pool)."""
+
+    def __init__(
+        self, *, client: httpx.AsyncClient, timeout: float, max_body: int = MAX_BODY
+    ) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._max_body = max_body
+
+    async def request(
+        self, method: str, url: str, body: bytes = b"", content_type: str | None = None
+    ) -> Answer:
+        headers = {"Content-Type": content_type} if content_type is not None else None
+        request = self._client.build_request(method, url, content=body or None, headers=headers)
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.send(request, stream=True)
+                try:
+                    data = await self._read(response)
+                finally:
+                    await response.aclose()  # unread bytes left: httpcore drops the connection
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise HttpTimeout(f"no complete answer in {self._timeout:g}s: {_name(exc)}") from None
+        except httpx.TransportError as exc:
+            raise HttpConnectionError(_describe(exc)) from exc
+        return Answer(response.status_code, response.headers, data)
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        data = bytearray()
+        async for piece in response.aiter_raw():
+            data += piece
+            if len(data) > self._max_body:
+                raise HttpConnectionError(f"answer body larger than {self._max_body} bytes")
+        return bytes(data)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def open_client(
+    settings: Settings, *, hold: Hold | None, environ: Mapping[str, str] | None = None
+) -> TargetHttp:
+    """The process's client to Target, from `target.*` and the proxy and CA variables."""
+    target = settings.target
+    environ = os.environ if environ is None else environ
+    configured = target.proxy.get_secret_value() if target.proxy is not None else None
+    proxy = choose_proxy(target.url(), configured, environ)
+    context = tls_context(settings, environ=environ)
+
+    def transport(keepalive: int) -> httpx.AsyncHTTPTransport:
+        limits = httpx.Limits(
+            max_connections=target.max_in_flight,
+            max_keepalive_connections=keepalive,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        )
+        via = _proxy(proxy, context) if proxy else None
+        return httpx.AsyncHTTPTransport(verify=context, limits=limits, proxy=via, retries=0)
+
+    held = HeldTransport(pooled=transport(target.max_in_flight), fresh=transport(0), hold=hold)
+    token = target.token.get_secret_value() if target.token is not None else None
+    headers = {"User-Agent": "profile-consumer", "Accept-Encoding": "identity"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    client = httpx.AsyncClient(
+        transport=held,
+        headers=headers,
+        timeout=target.timeout_seconds,
+        follow_redirects=False,  # a redirect would carry the token elsewhere
+        trust_env=False,  # the proxy and CA variables were read above, once
+    )
+    log.info(
+        "target client ready",
+        extra={"event": "target_client", "proxy": mask(proxy) if proxy else "none"},
+    )
+    return TargetHttp(client=client, timeout=target.timeout_seconds)
+
+
+def _proxy(url: str, context: ssl.SSLContext) -> httpx.Proxy:
+    # An https:// proxy's own certificate is verified like Target's.
+    return httpx.Proxy(url, ssl_context=context if url.startswith("https:") else None)
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    """The error's class and h11's or the OS's words, with any URL in them left out."""
+    detail = _URL.sub("<url>", str(exc)).strip()[:200]
+    return f"{_name(exc)}: {detail}" if detail else _name(exc)
