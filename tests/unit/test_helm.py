@@ -134,7 +134,7 @@ def profile_consumer_cli() -> Path | None:
 def test_one_ci_values_file_per_opt_in_feature() -> None:
     expected = {
         "servicemonitor", "prometheusrule", "dashboard", "pdb", "hpa", "keda",
-        "networkpolicy", "existing-secret", "created-secret", "kafka-sasl",
+        "networkpolicy", "existing-secret", "created-secret", "kafka-sasl", "strimzi-scram",
     }  # fmt: skip
     assert expected <= set(CASES), f"missing ci values: {sorted(expected - set(CASES))}"
 
@@ -192,7 +192,10 @@ def test_every_object_is_labelled_and_namespaced(
 
 
 def test_default_renders_only_the_core_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert kinds(rendered["default"]) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    """The PodDisruptionBudget is on by default: the default runs two replicas."""
+    assert kinds(rendered["default"]) == [
+        "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount",
+    ]  # fmt: skip
 
 
 # --- Deployment ----------------------------------------------------------------------------
@@ -375,10 +378,13 @@ def test_secrets_never_reach_a_configmap(
     assert "token" not in config.get("target", {})
     assert not [k for k in config["kafka"].get("config", {}) if re.search("password|key.pem", k)]
     # Secret settings are env variables read from a Secret, never literals.
+    # Keys of the chart's Secret are each optional; a Secret named in kafka.secrets is required.
+    named = {e["name"] for e in merged_values(chart, case)["kafka"]["secrets"]}
     for env in container(docs).get("env", []):
         if env["name"] in SECRET_ENV:
             assert set(env) == {"name", "valueFrom"}
-            assert env["valueFrom"]["secretKeyRef"]["optional"] is True
+            ref = env["valueFrom"]["secretKeyRef"]
+            assert ref["optional"] is (ref["name"] not in named)
     text = json.dumps([d for d in docs if d["kind"] != "Secret"])
     for secret in secrets:
         assert secret not in text
@@ -639,7 +645,8 @@ def test_schema_is_closed_and_described() -> None:
     assert schema["additionalProperties"] is False
     for path, node in _schema_objects(schema):
         assert node.get("description"), f"{path} has no description"
-        if "properties" in node:
+        # `global` is shared with a parent chart: its other keys are not this chart's to refuse.
+        if "properties" in node and path != "global":
             assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
 
 
@@ -658,13 +665,13 @@ def test_schema_config_matches_the_settings_model() -> None:
 def test_values_defaults_match_the_settings_defaults(chart: helm.Chart) -> None:
     values = chart.values["config"]
     defaults = Settings().model_dump(mode="json")
-    # The chart differs on purpose only where a pod needs it.
-    values_kafka = dict(values["kafka"], bootstrap_servers=defaults["kafka"]["bootstrap_servers"])
-    assert values_kafka == defaults["kafka"]
-    for section in ("avro", "quota", "metrics", "pipeline", "logging"):
-        assert values[section] == defaults[section], section
-    target = {k: v for k, v in defaults["target"].items() if k != "token"}
-    assert values["target"] == target
+    # The chart differs on purpose only where a pod needs it (the bootstrap servers), and leaves
+    # out what it sets itself (mapping.rules) or refuses in a ConfigMap (target.token).
+    defaults["kafka"]["bootstrap_servers"] = values["kafka"]["bootstrap_servers"]
+    del defaults["mapping"], defaults["target"]["token"]
+    assert set(values) == set(defaults)
+    for section, expected in defaults.items():
+        assert values[section] == expected, section
 
 
 def _schema_leaves(node: dict[str, Any], path: str = "") -> Iterator[str]:
@@ -687,3 +694,288 @@ def test_every_value_is_in_the_schema_and_the_readme(chart: helm.Chart) -> None:
     readme = (CHART / "README.md").read_text(encoding="utf-8")
     missing = [p for p in leaves if f"| `{p}` |" not in readme]
     assert not missing, f"values missing from the chart README: {missing}"
+
+
+# --- platform team: PDB, egress, own ConfigMap, registry mirror, Strimzi Secrets -------------
+
+
+def validate_builtin(docs: list[dict[str, Any]]) -> None:
+    for doc in docs:
+        if not doc["apiVersion"].startswith(CUSTOM_API_GROUPS):
+            kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, True),  # two replicas by default
+        ({"replicaCount": 1}, False),
+        ({"replicaCount": 1, "autoscaling": {"enabled": True, "maxReplicas": 4}}, True),
+        ({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 1}}, False),
+        ({"replicaCount": 1, "keda": {"enabled": True, "partitionCount": 6}}, True),
+        ({"keda": {"enabled": True, "partitionCount": 6, "maxReplicaCount": 1}}, False),
+        ({"keda": {"enabled": True, "partitionCount": 1}}, False),
+        ({"replicaCount": 3, "podDisruptionBudget": {"enabled": False}}, False),
+        ({"replicaCount": 1, "podDisruptionBudget": {"enabled": True}}, True),
+    ],
+)
+def test_pdb_is_on_when_more_than_one_pod_can_run(
+    chart: helm.Chart, values: dict[str, Any], expected: bool
+) -> None:
+    docs = render(chart, values)
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert len(pdbs) == int(expected)
+    if expected:
+        assert pdbs[0]["spec"]["maxUnavailable"] == 1
+        selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+        assert pdbs[0]["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_pdb_mode_is_checked_by_the_schema(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmValuesError, match="/podDisruptionBudget/enabled"):
+        render(chart, {"podDisruptionBudget": {"enabled": "sometimes"}})
+
+
+def egress_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = one(docs, "NetworkPolicy")["spec"]["egress"]
+    return rules
+
+
+def egress_ports(rule: dict[str, Any]) -> list[int]:
+    return [p["port"] for p in rule["ports"]]
+
+
+def test_egress_without_registry_or_proxy_is_dns_kafka_https(chart: helm.Chart) -> None:
+    rules = egress_rules(render(chart, {"networkPolicy": {"enabled": True}}))
+    assert [egress_ports(r) for r in rules] == [[53, 53], [9092, 9093], [443]]
+
+
+@pytest.mark.parametrize(
+    ("url", "ports"),
+    [
+        ("https://schema-registry.kafka.svc", [443]),
+        ("http://schema-registry.kafka:8081", [8081]),
+        ("http://sr", [80]),
+        ("https://user:pw@sr-1:8443/ctx, https://sr-2:8443,http://sr-3:8081", [8443, 8081]),
+        ("http://[fd00::1]:8085/", [8085]),
+    ],
+)
+def test_egress_opens_the_schema_registry_port(
+    chart: helm.Chart, url: str, ports: list[int]
+) -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kafka"}}}]
+    values = {
+        "config": {"avro": {"schema_registry_url": url}},
+        "networkPolicy": {"enabled": True, "egress": {"schemaRegistryTo": peers}},
+    }
+    docs = render(chart, values)
+    registry = egress_rules(docs)[3]
+    assert egress_ports(registry) == ports
+    assert registry["to"] == peers
+    validate_builtin(docs)
+
+
+def test_egress_registry_ports_can_be_given(chart: helm.Chart) -> None:
+    values = {
+        "config": {"avro": {"schema_registry_url": "https://sr:8443"}},
+        "networkPolicy": {"enabled": True, "egress": {"schemaRegistryPorts": [9443]}},
+    }
+    assert egress_ports(egress_rules(render(chart, values))[3]) == [9443]
+    only_ports = {"networkPolicy": {"enabled": True, "egress": {"schemaRegistryPorts": [8081]}}}
+    assert egress_ports(egress_rules(render(chart, only_ports))[3]) == [8081]
+
+
+@pytest.mark.parametrize(
+    ("values", "ports"),
+    [
+        (
+            {"config": {"target": {"proxy": "http://${PROXY_USER}:${PROXY_PASS}@proxy:3128"}}},
+            [3128],
+        ),
+        ({"config": {"target": {"proxy": "https://proxy.corp"}}}, [443]),
+        ({"proxy": {"httpsProxy": "http://proxy.corp:8080"}}, [8080]),
+        (
+            {"proxy": {"httpsProxy": "proxy.corp:3129", "httpProxy": "http://proxy.corp"}},
+            [3129, 80],
+        ),
+    ],
+)
+def test_egress_opens_the_proxy_port(
+    chart: helm.Chart, values: dict[str, Any], ports: list[int]
+) -> None:
+    peers = [{"ipBlock": {"cidr": "10.20.30.40/32"}}]
+    policy = {"networkPolicy": {"enabled": True, "egress": {"proxyTo": peers}}}
+    docs = render(chart, values | policy)
+    rules = egress_rules(docs)
+    assert len(rules) == 4  # DNS, Kafka, Target, proxy: no registry configured
+    assert egress_ports(rules[3]) == ports
+    assert rules[3]["to"] == peers
+    validate_builtin(docs)
+
+
+def test_proxy_values_reach_the_container_env(chart: helm.Chart) -> None:
+    proxy = {"httpsProxy": "http://proxy.corp:3128", "noProxy": "sr.kafka.svc,.cluster.local"}
+    env = {e["name"]: e for e in container(render(chart, {"proxy": proxy}))["env"]}
+    assert env["HTTPS_PROXY"]["value"] == "http://proxy.corp:3128"
+    assert env["NO_PROXY"]["value"] == "sr.kafka.svc,.cluster.local"
+    assert "HTTP_PROXY" not in env
+    assert not {"HTTPS_PROXY", "NO_PROXY"} & {
+        e["name"] for e in container(render(chart, {}))["env"]
+    }
+
+
+def test_existing_configmap_is_mounted_instead_of_rendered(chart: helm.Chart) -> None:
+    docs = render(chart, {"existingConfigMap": "team-profile-consumer"})
+    assert "ConfigMap" not in kinds(docs)
+    volume = next(v for v in pod_spec(docs)["volumes"] if v["name"] == "config")
+    assert volume["configMap"] == {
+        "name": "team-profile-consumer",
+        "items": [
+            {"key": "config.yaml", "path": "config.yaml"},
+            {"key": "mapping.yaml", "path": "mapping.yaml"},
+        ],
+    }
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    assert mounts["config"]["mountPath"] == CONFIG_DIR
+    # Its content is not the chart's to hash: no checksum that would claim to track it.
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"] or {}
+    assert "checksum/config" not in annotations
+    validate_builtin(docs)
+
+
+def test_existing_configmap_refuses_schemas(chart: helm.Chart) -> None:
+    values = {"existingConfigMap": "mine", "schemas": {"x.avsc": "{}"}}
+    with pytest.raises(helm.HelmRenderError, match="existingConfigMap"):
+        render(chart, values)
+
+
+def notes(chart: helm.Chart, values: dict[str, Any]) -> str:
+    return render_raw(chart, values)["profile-consumer/templates/NOTES.txt"]
+
+
+def test_notes_state_the_keda_bound_the_scaledobject_uses(chart: helm.Chart) -> None:
+    for keda, low, high in [
+        ({"partitionCount": 7}, 1, 7),
+        ({"partitionCount": 7, "maxReplicaCount": 3, "minReplicaCount": 2}, 2, 3),
+        ({"partitionCount": 4, "maxReplicaCount": 10}, 1, 4),
+    ]:
+        values = {"keda": {"enabled": True, **keda}}
+        spec = one(render(chart, values), "ScaledObject")["spec"]
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (low, high)
+        text = " ".join(notes(chart, values).split())
+        assert f"between {low} and {high} replicas" in text
+        assert (
+            f"keda.partitionCount {keda['partitionCount']}" in text or "maxReplicaCount" not in keda
+        )
+    assert "scales to zero" in notes(chart, {"keda": {"enabled": True, "minReplicaCount": 0}})
+    assert "KEDA" not in notes(chart, {})
+
+
+@pytest.mark.parametrize(
+    ("image", "global_", "expected"),
+    [
+        ({}, {}, "profile-consumer:0.1.0"),
+        ({"registry": "ghcr.io/acme"}, {}, "ghcr.io/acme/profile-consumer:0.1.0"),
+        ({}, {"imageRegistry": "mirror.corp/"}, "mirror.corp/profile-consumer:0.1.0"),
+        (
+            {"registry": "ghcr.io"},
+            {"imageRegistry": "mirror.corp"},
+            "mirror.corp/profile-consumer:0.1.0",
+        ),
+        (
+            {"digest": "sha256:" + "a" * 64},
+            {"imageRegistry": "mirror.corp"},
+            "mirror.corp/profile-consumer@sha256:" + "a" * 64,
+        ),
+    ],
+)
+def test_global_image_registry_is_honoured(
+    chart: helm.Chart, image: dict[str, Any], global_: dict[str, Any], expected: str
+) -> None:
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    values = {"image": image, "global": global_ | {"anotherChartsKey": True}}
+    assert container(render(chart, values))["image"] == expected.replace("0.1.0", str(version))
+
+
+def test_strimzi_secrets_feed_the_env_and_the_mounted_files(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    docs = rendered["strimzi-scram"]
+    env = {e["name"]: e for e in container(docs)["env"]}
+    password = [e for e in container(docs)["env"] if e["name"].endswith("__SASL_PASSWORD")]
+    assert len(password) == 1, "kafka.secrets must replace the chart Secret's key, not add one"
+    assert password[0]["valueFrom"]["secretKeyRef"] == {
+        "name": "profile-consumer", "key": "password", "optional": False,
+    }  # fmt: skip
+    # The rest still comes from the chart's Secret (the Target token).
+    token = env["PROFILE_CONSUMER__TARGET__TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["name"] == "profile-consumer-credentials"
+
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    mounts = {m["mountPath"]: m for m in container(docs)["volumeMounts"]}
+    ca_mount = mounts["/etc/kafka/ca"]
+    assert ca_mount["readOnly"] is True
+    ca_volume = volumes[ca_mount["name"]]["secret"]
+    assert ca_volume["secretName"] == "my-cluster-cluster-ca-cert"
+    assert ca_volume["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert ca_volume["defaultMode"] == 0o440
+    config = rendered_config(docs)["kafka"]["config"]
+    assert config["ssl.ca.location"] == "/etc/kafka/ca/ca.crt"
+
+    # The variable lands on the librdkafka property the entry names.
+    (tmp_path / "mapping.yaml").write_text("rules: []\n")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"mapping": {"rules": str(tmp_path / "mapping.yaml")}}))
+    settings = load_settings(path, environ={password[0]["name"]: "from-strimzi"})
+    assert settings.kafka.config == {"sasl.password": "from-strimzi"}
+
+
+@pytest.mark.parametrize(
+    ("secrets", "match"),
+    [
+        ([{"name": "u", "items": {"password": "SASL_PASSWORD"}}], "/kafka/secrets/0"),
+        ([{"name": "u", "items": {}}], "/kafka/secrets/0"),
+        ([{"name": "u", "mountPath": "relative", "items": {"a": "a"}}], "/kafka/secrets/0"),
+        ([{"name": "u", "mountPath": "/x", "items": {"a": "../a"}}], "/kafka/secrets/0"),
+        ([{"name": "u", "items": {"p": "sasl.password"}, "mountpath": "/x"}], "/kafka/secrets/0"),
+    ],
+)
+def test_kafka_secrets_schema(chart: helm.Chart, secrets: list[Any], match: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=match):
+        render(chart, {"kafka": {"secrets": secrets}})
+
+
+@pytest.mark.parametrize(
+    ("secrets", "match"),
+    [
+        (
+            [
+                {"name": "a", "mountPath": "/etc/kafka", "items": {"ca.crt": "ca.crt"}},
+                {"name": "b", "mountPath": "/etc/kafka/", "items": {"user.crt": "user.crt"}},
+            ],
+            "/etc/kafka is already used by the Secret a",
+        ),
+        ([{"name": "a", "mountPath": "/tmp", "items": {"k": "k"}}], "writable /tmp"),  # noqa: S108
+        (
+            [
+                {"name": "a", "items": {"password": "sasl.password"}},
+                {"name": "b", "items": {"pw": "sasl.password"}},
+            ],
+            "sasl.password is read from two Secret keys",
+        ),
+    ],
+)
+def test_kafka_secrets_clashes_are_refused(
+    chart: helm.Chart, secrets: list[Any], match: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=match):
+        render(chart, {"kafka": {"secrets": secrets}})
+
+
+def test_kafka_secret_property_names_are_checked_without_the_schema(tmp_path: Path) -> None:
+    copy = shutil.copytree(CHART, tmp_path / "chart")
+    (copy / "values.schema.json").unlink()
+    with helm.Chart.load(copy) as schemaless:
+        bad = {"kafka": {"secrets": [{"name": "u", "items": {"password": "SASL_PASSWORD"}}]}}
+        with pytest.raises(helm.HelmRenderError, match="librdkafka property"):
+            render(schemaless, bad)

@@ -64,12 +64,15 @@ ServiceAccount name.
 {{- end }}
 
 {{/*
-Container image reference: [registry/]repository(:tag|@digest).
+Container image reference: [registry/]repository(:tag|@digest), the registry being
+global.imageRegistry or else image.registry.
 */}}
 {{- define "profile-consumer.image" -}}
 {{- $repo := .Values.image.repository }}
-{{- if .Values.image.registry }}
-{{- $repo = printf "%s/%s" (trimSuffix "/" .Values.image.registry) $repo }}
+{{- /* A parent chart's global.imageRegistry (a mirror for every image) wins over image.registry. */}}
+{{- $registry := (.Values.global | default dict).imageRegistry | default .Values.image.registry }}
+{{- if $registry }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $registry) $repo }}
 {{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" $repo .Values.image.digest }}
@@ -176,4 +179,120 @@ Bootstrap servers KEDA connects to.
 */}}
 {{- define "profile-consumer.kedaBootstrapServers" -}}
 {{- .Values.keda.bootstrapServers | default .Values.config.kafka.bootstrap_servers }}
+{{- end }}
+
+{{/*
+The ConfigMap the pods mount: the user's (existingConfigMap) or the one the chart renders.
+*/}}
+{{- define "profile-consumer.configMapName" -}}
+{{- .Values.existingConfigMap | default (include "profile-consumer.fullname" .) }}
+{{- end }}
+
+{{/*
+Whether to render the PodDisruptionBudget: "true" or "". `auto` means whenever more than one pod
+can run (fixed replicas, or an autoscaler allowed above one): with a single pod a budget would
+block every node drain.
+*/}}
+{{- define "profile-consumer.pdbEnabled" -}}
+{{- $mode := .Values.podDisruptionBudget.enabled | toString }}
+{{- if eq $mode "true" }}true
+{{- else if eq $mode "auto" }}
+{{- $max := int .Values.replicaCount }}
+{{- if .Values.autoscaling.enabled }}
+{{- $max = int .Values.autoscaling.maxReplicas }}
+{{- else if .Values.keda.enabled }}
+{{- $max = include "profile-consumer.kedaMaxReplicas" . | int }}
+{{- end }}
+{{- if gt $max 1 }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+KEDA's replica cap: keda.maxReplicaCount, never above keda.partitionCount (a consumer beyond the
+partitions gets none and sits idle); null means keda.partitionCount.
+*/}}
+{{- define "profile-consumer.kedaMaxReplicas" -}}
+{{- $k := .Values.keda }}
+{{- $max := int $k.partitionCount }}
+{{- if not (kindIs "invalid" $k.maxReplicaCount) }}
+{{- $max = min (int $k.maxReplicaCount) $max }}
+{{- end }}
+{{- $max }}
+{{- end }}
+
+{{/*
+The TCP port of a URL: the explicit one, else 443 for https and 80 for http. Parsed by hand:
+sprig's urlParse panics on a `${NAME}` reference in the userinfo, which target.proxy allows.
+*/}}
+{{- define "profile-consumer.urlPort" -}}
+{{- $url := trim . }}
+{{- $authority := regexReplaceAll "^(?:[A-Za-z][A-Za-z0-9+.-]*://)?([^/?#]*).*$" $url "${1}" }}
+{{- $hostPort := regexReplaceAll "^.*@" $authority "" }}
+{{- if regexMatch ":[0-9]+$" $hostPort }}
+{{- regexFind "[0-9]+$" $hostPort }}
+{{- else if hasPrefix "https://" (lower $url) }}443
+{{- else }}80
+{{- end }}
+{{- end }}
+
+{{/*
+Egress ports of a list of URLs (comma-separated inside each), deduplicated, as a YAML list.
+*/}}
+{{- define "profile-consumer.urlPorts" -}}
+{{- $ports := list }}
+{{- range $value := . }}
+{{- range $url := splitList "," ($value | toString) }}
+{{- if trim $url }}
+{{- $ports = append $ports (include "profile-consumer.urlPort" $url | int) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml (uniq $ports) }}
+{{- end }}
+
+{{/*
+Environment variable for a librdkafka property read from a Secret: sasl.password ->
+PROFILE_CONSUMER__KAFKA__CONFIG__SASL_PASSWORD (the consumer turns `_` back into `.`).
+*/}}
+{{- define "profile-consumer.kafkaPropertyEnv" -}}
+{{- if not (regexMatch "^[a-z][a-z0-9]*(\\.[a-z0-9]+)*$" .) }}
+{{- fail (printf "kafka.secrets: %q is not a librdkafka property name (e.g. sasl.password)" .) }}
+{{- end }}
+{{- printf "PROFILE_CONSUMER__KAFKA__CONFIG__%s" (. | upper | replace "." "_") }}
+{{- end }}
+
+{{/*
+Environment variables set from kafka.secrets entries (those without mountPath), as YAML:
+env name -> {secret, key, optional}.
+*/}}
+{{- define "profile-consumer.kafkaSecretEnv" -}}
+{{- $env := dict }}
+{{- range $entry := .Values.kafka.secrets }}
+{{- if not $entry.mountPath }}
+{{- range $key, $property := $entry.items }}
+{{- $name := include "profile-consumer.kafkaPropertyEnv" $property }}
+{{- if hasKey $env $name }}
+{{- fail (printf "kafka.secrets: librdkafka property %s is read from two Secret keys" $property) }}
+{{- end }}
+{{- $_ := set $env $name (dict "secret" $entry.name "key" $key "optional" ($entry.optional | default false)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{/*
+Refuse kafka.secrets mounts that would clash with each other or with the chart's own mounts.
+*/}}
+{{- define "profile-consumer.checkKafkaSecretMounts" -}}
+{{- $seen := dict "/etc/profile-consumer" "the config" "/tmp" "the writable /tmp" }}
+{{- range $entry := .Values.kafka.secrets }}
+{{- with $entry.mountPath }}
+{{- $path := trimSuffix "/" . }}
+{{- if hasKey $seen $path }}
+{{- fail (printf "kafka.secrets: mountPath %s is already used by %s" $path (get $seen $path)) }}
+{{- end }}
+{{- $_ := set $seen $path (printf "the Secret %s" $entry.name) }}
+{{- end }}
+{{- end }}
 {{- end }}
