@@ -38,11 +38,13 @@ from consumer.errors import ConfigError
 from consumer.mapping.compiler import Evaluator, compile_evaluator
 from consumer.mapping.functions import OPTIONS, function_names, function_signature
 from consumer.mapping.schema_paths import AvroTypes, check_paths
-from consumer.yamlfile import read_yaml
+from consumer.yamlfile import KeyPath, read_yaml_with_lines
 
 IDENTITY_TYPES = ("mbox3rdPartyId", "mboxPC")
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _TOP_KEYS = ("identity", "rules")
+# Splits "rules[2] (name): attributes.x" into key-path parts ("rules", "2", "attributes", "x").
+_PATH_PART = re.compile(r"(?:^|[.:\s])([A-Za-z_][\w-]*)?(?:\[(\d+)\])?(?:\s\([^)]*\))?")
 _RULE_KEYS = ("name", "description", "when", "identity", "attributes")
 
 
@@ -95,23 +97,16 @@ def load_rules(path: Path, schema: dict[str, Any], label: str | None = None) -> 
     problem found, never only the first.
     """
     label = str(path) if label is None else label
-    raw, problems = _read(path, label)
+    raw, problems, lines = read_yaml_with_lines(path, label, "rules file")
     try:
         types = AvroTypes(schema)
     except ValueError as exc:
         raise ConfigError([f"{label}: the schema is not usable: {exc}"]) from exc
-    loader = _Loader(label, types, problems)
+    loader = _Loader(label, types, problems, lines)
     ruleset = loader.ruleset(raw)
     if problems or ruleset is None:
         raise ConfigError(problems)
     return ruleset
-
-
-# --- reading -------------------------------------------------------------------------------
-
-
-def _read(path: Path, label: str) -> tuple[Any, list[str]]:
-    return read_yaml(path, label, "rules file")
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -120,13 +115,34 @@ def _read(path: Path, label: str) -> tuple[Any, list[str]]:
 class _Loader:
     """Turns the raw YAML into a RuleSet, appending every problem to `problems`."""
 
-    def __init__(self, label: str, types: AvroTypes, problems: list[str]) -> None:
+    def __init__(
+        self, label: str, types: AvroTypes, problems: list[str], lines: dict[KeyPath, int]
+    ) -> None:
         self.label = label
         self.types = types
         self.problems = problems
+        self.lines = lines
 
     def problem(self, where: str, key: str, expected: str) -> None:
-        self.problems.append(f"{where}: {key}: {expected}" if key else f"{where}: {expected}")
+        text = f"{where}: {key}: {expected}" if key else f"{where}: {expected}"
+        line = self._line(where, key)
+        if line and text.startswith(self.label + ":"):
+            text = f"{self.label}:{line}{text[len(self.label) :]}"
+        self.problems.append(text)
+
+    def _line(self, where: str, key: str) -> int | None:
+        """The line of the deepest key of `where` + `key` found in the file, if any."""
+        path: list[str] = []
+        for part in _PATH_PART.findall(f"{where[len(self.label) :]}.{key}"):
+            name, index = part
+            path += [name] if name else []
+            path += [index] if index else []
+        while path:
+            line = self.lines.get(tuple(path))
+            if line:
+                return line
+            path.pop()
+        return None
 
     def ruleset(self, raw: Any) -> RuleSet | None:
         if not isinstance(raw, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,30 @@ def load(tmp_path: Path, text: str, label: str | None = None) -> RuleSet:
 
 
 def problems(tmp_path: Path, text: str) -> list[str]:
+    """The messages without their line numbers (test_problems_give_the_line checks those)."""
     with pytest.raises(ConfigError) as info:
         load(tmp_path, text, label="rules.yaml")
-    return info.value.problems
+    return [_LINE.sub("rules.yaml:", p) for p in info.value.problems]
+
+
+_LINE = re.compile(r"^rules\.yaml:\d+:")
+
+
+def test_problems_give_the_line(tmp_path: Path) -> None:
+    text = (
+        "identity:\n"
+        "  - mbox3rdPartyId: customer.thirdPartId\n"  # line 2
+        "rules:\n"
+        "  - name: a\n"
+        "    when: \"channel == 'LOAN'\"\n"
+        "    attributes:\n"
+        "      x: payload.resaon\n"  # line 7
+        "    extra: 1\n"  # line 8
+    )
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, label="rules.yaml")
+    lines = sorted(p.split(" ", 1)[0] for p in info.value.problems)
+    assert lines == ["rules.yaml:2:", "rules.yaml:7:", "rules.yaml:8:"]
 
 
 def one_rule(attributes: str, when: str | None = None, extra: str = "") -> str:
@@ -120,13 +142,13 @@ def test_description_is_kept(tmp_path: Path) -> None:
 def test_the_label_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, one_rule("      a: payload.resaon\n"), label="mapping/rules.yaml")
-    assert info.value.problems[0].startswith("mapping/rules.yaml: rules[0] (r): attributes.a: ")
+    assert info.value.problems[0].startswith("mapping/rules.yaml:6: rules[0] (r): attributes.a: ")
 
 
 def test_without_label_the_path_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, one_rule("      a: payload.resaon\n"))
-    assert info.value.problems[0].startswith(f"{tmp_path / 'rules.yaml'}: rules[0] (r): ")
+    assert info.value.problems[0].startswith(f"{tmp_path / 'rules.yaml'}:6: rules[0] (r): ")
 
 
 def test_a_field_typo_names_file_rule_index_and_key(tmp_path: Path) -> None:
