@@ -1,4 +1,4 @@
-"""The ``/_sim/`` admin endpoints: records, profiles, stats, config, reset.
+"""The ``/_sim/`` admin endpoints: records, profiles, stats, bulk batches, config, reset.
 
 Never subject to faults, tokens or ``down``, so an out-of-process test can always steer the
 server.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from typing import Any
 
+from devtools.simulator.config import SimulatorConfig
 from devtools.simulator.http import _Head, _json_response, _read_body, _Response, _ServerConnection
 from devtools.simulator.state import SimulatorState
 
@@ -40,8 +42,10 @@ def _admin(simulator: SimulatorState, method: str, path: str, body: bytes) -> _R
         return _json_response({f"{t}:{i}": a for (t, i), a in simulator.profiles().items()})
     if route == ("GET", "stats"):
         return _json_response(simulator.stats())
+    if route == ("GET", "bulk"):
+        return _json_response([dataclasses.asdict(b) for b in simulator.bulk_batches()])
     if route == ("GET", "config"):
-        return _json_response(dataclasses.asdict(simulator.config()))
+        return _json_response(_config_json(simulator.config()))
     if route == ("POST", "config"):
         return _admin_configure(simulator, body)
     if route == ("POST", "reset"):
@@ -58,4 +62,11 @@ def _admin_configure(simulator: SimulatorState, body: bytes) -> _Response:
         simulator.configure(**changes)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError too
         return _json_response({"error": str(exc)}, 400)
-    return _json_response(dataclasses.asdict(simulator.config()))
+    return _json_response(_config_json(simulator.config()))
+
+
+def _config_json(config: SimulatorConfig) -> dict[str, Any]:
+    """The configuration as JSON can carry it: the failure ids set as a sorted list."""
+    fields = dataclasses.asdict(config)
+    fields["bulk_row_failure_ids"] = sorted(config.bulk_row_failure_ids)
+    return fields

@@ -21,6 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-seconds", type=float, default=0.0)
     parser.add_argument("--require-token")
     parser.add_argument("--seed", type=int)
+    bulk = parser.add_argument_group("Bulk Profile Update API")
+    bulk.add_argument("--bulk-calls-per-minute", type=int, default=50)
+    bulk.add_argument("--bulk-processing-seconds", type=float, default=0.2)
+    bulk.add_argument(
+        "--bulk-row-failure-ids", default="", help="comma-separated identities whose rows fail"
+    )
+    bulk.add_argument("--bulk-row-failure-ratio", type=float, default=0.0)
+    bulk.add_argument("--bulk-stuck-ratio", type=float, default=0.0)
+    bulk.add_argument("--bulk-stuck-batches", type=int, default=0, help="the next N stay stuck")
     parser.add_argument(
         "--config-json", default="{}", help="any other SimulatorConfig fields, as a JSON object"
     )
@@ -37,6 +46,12 @@ def serve(args: argparse.Namespace) -> int:
         latency_seconds=args.latency_seconds,
         require_token=args.require_token,
         seed=args.seed,
+        bulk_calls_per_minute=args.bulk_calls_per_minute,
+        bulk_processing_seconds=args.bulk_processing_seconds,
+        bulk_row_failure_ids=frozenset(i for i in args.bulk_row_failure_ids.split(",") if i),
+        bulk_row_failure_ratio=args.bulk_row_failure_ratio,
+        bulk_stuck_ratio=args.bulk_stuck_ratio,
+        bulk_stuck_batches=args.bulk_stuck_batches,
     )
     context = None
     if args.ssl_cert:

@@ -27,11 +27,28 @@ class SimulatorConfig:
     # Requests arriving this soon after a 429 was written were already on the wire when the
     # client could learn of it: they are not counted as early.
     early_grace_seconds: float = 0.05
+    # Bulk Profile Update API (see the package docstring for what Adobe leaves open).
+    bulk_calls_per_minute: int = 50  # batch calls per rolling window; beyond: 503
+    bulk_calls_window_seconds: float = 60.0  # that window (shortened by tests)
+    bulk_processing_seconds: float = 0.2  # a batch is `incomplete` this long after its submit
+    bulk_row_failure_ids: frozenset[str] = frozenset()  # identities whose rows fail
+    bulk_row_failure_ratio: float = 0.0  # share of rows failed, from the seeded dice
+    bulk_stuck_ratio: float = 0.0  # share of batches that stay `stuck` forever
+    bulk_stuck_batches: int = 0  # the next N batches stay `stuck` (counts down as they arrive)
 
 
-_RATIOS = ("latency_spike_ratio", "error_5xx_ratio", "error_429_ratio", "reset_ratio")
+_RATIOS = (
+    "latency_spike_ratio",
+    "error_5xx_ratio",
+    "error_429_ratio",
+    "reset_ratio",
+    "bulk_row_failure_ratio",
+    "bulk_stuck_ratio",
+)
 _SECONDS = (
     "early_grace_seconds",
+    "bulk_calls_window_seconds",
+    "bulk_processing_seconds",
     "quota_window_seconds",
     "latency_seconds",
     "latency_spike_seconds",
@@ -39,6 +56,19 @@ _SECONDS = (
 )
 _OPTIONAL_INTS = ("quota_limit", "seed", "max_records")
 _OPTIONAL_STRS = ("client_code", "require_token")
+_COUNTS = ("bulk_calls_per_minute", "bulk_stuck_batches")
+
+
+def normalise_config(config: SimulatorConfig) -> SimulatorConfig:
+    """The same configuration with `bulk_row_failure_ids` as a frozenset (JSON brings a list).
+
+    A string is refused rather than split into characters; other items are checked by
+    `validate_config`.
+    """
+    ids = config.bulk_row_failure_ids
+    if isinstance(ids, list | tuple | set):
+        config.bulk_row_failure_ids = frozenset(ids)
+    return config
 
 
 def validate_config(config: SimulatorConfig) -> None:
@@ -58,9 +88,17 @@ def validate_config(config: SimulatorConfig) -> None:
         value = getattr(config, name)
         if value is not None and not isinstance(value, str):
             problems.append(f"{name} must be a string or null, got {value!r}")
+    for name in _COUNTS:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            problems.append(f"{name} must be a non-negative integer, got {value!r}")
+    ids = config.bulk_row_failure_ids
+    if not isinstance(ids, frozenset) or not all(isinstance(i, str) for i in ids):
+        problems.append(f"bulk_row_failure_ids must be a list of strings, got {ids!r}")
     if not isinstance(config.down, bool):
         problems.append(f"down must be a boolean, got {config.down!r}")
-    if config.quota_window_seconds == 0:
-        problems.append("quota_window_seconds must be positive")
+    for name in ("quota_window_seconds", "bulk_calls_window_seconds"):
+        if getattr(config, name) == 0:
+            problems.append(f"{name} must be positive")
     if problems:
         raise ValueError("; ".join(problems))

@@ -139,7 +139,7 @@ class _ServerConnection:
         self.writer.write(response.encode(keep_alive))
         await self.writer.drain()
 
-    async def linger(self, reader: asyncio.StreamReader) -> None:
+    async def linger(self, reader: asyncio.StreamReader, max_bytes: int = LINGER_BYTES) -> None:
         """Half-close, then drain what the client is still sending (bounded in bytes and time).
 
         Closing with unread request bytes makes the kernel send an RST that can destroy the
@@ -149,7 +149,7 @@ class _ServerConnection:
             if self.writer.can_write_eof():
                 self.writer.write_eof()
             async with asyncio.timeout(LINGER_SECONDS):
-                remaining = LINGER_BYTES
+                remaining = max_bytes
                 while remaining > 0:
                     chunk = await reader.read(min(65536, remaining))
                     if not chunk:
@@ -158,11 +158,17 @@ class _ServerConnection:
         except (TimeoutError, OSError):
             pass  # the client is gone or too slow: closing is all that is left
 
-    async def finish(self, reader: asyncio.StreamReader, head: _Head, response: _Response) -> bool:
+    async def finish(
+        self,
+        reader: asyncio.StreamReader,
+        head: _Head,
+        response: _Response,
+        linger_bytes: int = LINGER_BYTES,
+    ) -> bool:
         """Send `response`; True when the connection stays open for the next request."""
         await self.send(response, head.keep_alive)
         if response.close:
-            await self.linger(reader)
+            await self.linger(reader, linger_bytes)
         return head.keep_alive and not response.close
 
     def reset(self) -> None:

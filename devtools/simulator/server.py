@@ -17,6 +17,8 @@ from types import FrameType
 
 from devtools.service import Service
 from devtools.simulator.admin import ADMIN_PREFIX, serve_admin
+from devtools.simulator.bulk import bulk_route
+from devtools.simulator.bulk_http import serve_bulk
 from devtools.simulator.config import SimulatorConfig
 from devtools.simulator.http import (
     MAX_HEAD_BYTES,
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class TargetSimulator(SimulatorState, Service):
-    """Adobe Target Single Profile Update API on loopback, with quota and fault injection.
+    """Adobe Target's Single and Bulk Profile Update APIs on loopback, with quota and faults.
 
     Thread-safe: the server runs its own event loop in a background thread; every public
     method may be called from any other thread.
@@ -179,6 +181,9 @@ class TargetSimulator(SimulatorState, Service):
             return False
         if head.path.startswith(ADMIN_PREFIX):
             return await serve_admin(self, reader, conn, head)
+        route = bulk_route(head.path)
+        if route is not None:
+            return await serve_bulk(self, reader, conn, head, route=route, origin=self._origin())
         return await self._serve_update(reader, conn, head)
 
     @staticmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import math
 import random
 import threading
@@ -16,11 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
-from devtools.simulator.config import SimulatorConfig, validate_config
+from devtools.simulator.bulk import ParsedBatch, paused_gc, status_xml
+from devtools.simulator.bulk_state import Batch, BulkBatch, BulkBook, row_failures
+from devtools.simulator.config import SimulatorConfig, normalise_config, validate_config
 from devtools.simulator.http import _Head, _Response
 from devtools.simulator.rules import (
     _check_request,
     _Draws,
+    _failure,
     _parse_update,
     _success,
     _too_many,
@@ -32,7 +36,7 @@ ProfileKey = tuple[str, str]  # (identity_type, identity)
 
 @dataclass(frozen=True)
 class ReceivedUpdate:
-    """One update request the simulator answered (accepted or not)."""
+    """One update request the simulator answered (accepted or not), or one applied bulk row."""
 
     at: float  # clock() when handled
     method: str  # GET or POST (other methods are recorded as sent, with 405)
@@ -41,6 +45,10 @@ class ReceivedUpdate:
     attributes: dict[str, str]  # profile.X=v -> {"X": "v"}
     status: int  # HTTP status answered
     accepted: bool  # counted as an applied update (2xx with success true)
+    # Set on a row of a bulk batch, applied when the batch completed (`at`); None: a single
+    # update request.
+    batch_id: str | None = None
+    batch_row: int | None = None  # 1 = the batch's first data row
 
 
 def _max_in_window(times: Sequence[float], window: float) -> int:
@@ -60,12 +68,15 @@ class SimulatorState:
     """The simulator's memory and decisions; every public method is thread-safe."""
 
     def __init__(self, config: SimulatorConfig | None, clock: Callable[[], float]) -> None:
-        self._config = dataclasses.replace(config) if config else SimulatorConfig()
+        initial = dataclasses.replace(config) if config else SimulatorConfig()
+        self._config = normalise_config(initial)
         validate_config(self._config)
         self._clock = clock
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._rng = random.Random(self._config.seed)  # noqa: S311 - fault dice, not crypto
+        # Bulk dice apart, so bulk traffic never shifts the single-update fault sequence.
+        self._bulk_rng = random.Random(self._config.seed)  # noqa: S311 - fault dice, not crypto
         self._clear_state()
 
     def _clear_state(self) -> None:
@@ -80,6 +91,7 @@ class SimulatorState:
         self._active: Counter[ProfileKey] = Counter()
         self._overlaps = 0
         self._early = 0
+        self._bulk = BulkBook()
 
     # -- run-time control and inspection
 
@@ -95,10 +107,11 @@ class SimulatorState:
             raise ValueError(f"unknown simulator setting(s): {', '.join(unknown)}")
         with self._lock:
             updated = dataclasses.replace(self._config, **changes)  # type: ignore[arg-type]
-            validate_config(updated)
+            validate_config(normalise_config(updated))
             self._config = updated
             if "seed" in changes:
                 self._rng.seed(updated.seed)
+                self._bulk_rng.seed(updated.seed)
             if "max_records" in changes:
                 self._records = deque(self._records, maxlen=updated.max_records)
             return updated
@@ -109,13 +122,16 @@ class SimulatorState:
             return dataclasses.replace(self._config)
 
     def received(self) -> list[ReceivedUpdate]:
-        """Snapshot of the recorded update requests, oldest first."""
+        """Snapshot of the recorded update requests and applied bulk rows, oldest first."""
         with self._lock:
+            self._apply_due_bulk()
             return list(self._records)
 
     def profiles(self) -> dict[ProfileKey, dict[str, str]]:
-        """(identity_type, identity) -> attributes merged from accepted updates, in order."""
+        """(identity_type, identity) -> attributes merged from accepted updates and applied bulk
+        rows, in order."""
         with self._lock:
+            self._apply_due_bulk()
             return {key: dict(attrs) for key, attrs in self._profiles.items()}
 
     def accepted_count(self) -> int:
@@ -141,6 +157,8 @@ class SimulatorState:
     def stats(self) -> dict[str, Any]:
         """The counters served by ``GET /_sim/stats``."""
         with self._lock:
+            self._apply_due_bulk()
+            bulk = self._bulk.counters
             return {
                 "received": self._received,
                 "accepted": len(self._accepted_times),
@@ -151,6 +169,15 @@ class SimulatorState:
                 "early_requests": self._early,
                 "overlapping_requests": self._overlaps,
                 "resets": self._resets,
+                "bulk_calls": bulk.calls,
+                "bulk_503s": bulk.refused_by_status.get(503, 0),
+                "bulk_refused_by_status": {
+                    str(k): v for k, v in sorted(bulk.refused_by_status.items())
+                },
+                "bulk_batches_accepted": bulk.batches_accepted,
+                "bulk_rows_applied": bulk.rows_applied,
+                "bulk_rows_failed": bulk.rows_failed,
+                "bulk_attributes_overridden": bulk.attributes_overridden,
             }
 
     def wait_for(self, predicate: Callable[[Self], bool], timeout: float) -> bool:
@@ -206,6 +233,7 @@ class SimulatorState:
         """Answer one update request and record it, atomically with the quota check."""
         update = _parse_update(head.query, body if head.method == "POST" else None)
         with self._lock:
+            self._apply_due_bulk()  # a batch that completed before this update comes first
             response = _check_request(head, body, update, config=config, draws=draws, origin=origin)
             if response is None:
                 response = self._check_quota(at, config)
@@ -264,6 +292,109 @@ class SimulatorState:
             bisect.insort(self._accepted_times, at)
             key = (update.identity_type, update.identity)
             self._profiles.setdefault(key, {}).update(update.attributes)
+            self._bulk.single_update_reached(key)
         else:
             self._rejected[status] += 1
         self._changed.notify_all()
+
+    # -- bulk batches (the event-loop thread submits; any getter applies what became due)
+
+    def bulk_batches(self) -> list[BulkBatch]:
+        """Every batch accepted since start or the last `reset`, in submission order."""
+        with self._lock:
+            self._apply_due_bulk()
+            return self._bulk.snapshot(self._clock())
+
+    def _bulk_admit(self) -> _Response | None:
+        """A 503 when the rolling window already holds its batch calls; else counts the call."""
+        with self._lock:
+            config = self._config
+            seconds = self._bulk.admit_call(
+                self._clock(), config.bulk_calls_per_minute, config.bulk_calls_window_seconds
+            )
+            if seconds is None:
+                return None
+            retry_after = {"Retry-After": str(int(seconds))}
+            return _failure(503, "too many batch calls; retry later", **retry_after)
+
+    def _note_bulk_refusal(self, status: int) -> None:
+        with self._lock:
+            self._bulk.note_refusal(status)
+
+    def _bulk_accept(self, version: str, parsed: ParsedBatch) -> Batch:
+        """Store a readable batch; its stuck and row-failure dice are thrown now."""
+        with self._lock:
+            config = self._config
+            stuck = self._bulk_rng.random() < config.bulk_stuck_ratio
+            if config.bulk_stuck_batches > 0:
+                stuck = True
+                remaining = config.bulk_stuck_batches - 1
+                self._config = dataclasses.replace(config, bulk_stuck_batches=remaining)
+            with paused_gc():
+                failures = row_failures(
+                    parsed,
+                    config.bulk_row_failure_ids,
+                    config.bulk_row_failure_ratio,
+                    self._bulk_rng,
+                )
+            batch = self._bulk.add(
+                version=version,
+                parsed=parsed,
+                failures=failures,
+                now=self._clock(),
+                delay=config.bulk_processing_seconds,
+                stuck=stuck,
+            )
+            self._changed.notify_all()
+            return batch
+
+    def _bulk_status(self, batch_id: str, details: bool) -> _Response:
+        """The batchStatus answer; per-row detail once complete, and only for v2."""
+        with self._lock:
+            self._apply_due_bulk()
+            batch = self._bulk.batches.get(batch_id)
+            if batch is None:
+                return _failure(404, f"unknown batchId: {batch_id}")
+            status = batch.status(self._clock())
+            show = details and batch.version == "v2" and status == "complete"
+            rows = batch.outcomes() if show else None
+            return _Response(200, status_xml(batch.id, status, len(batch.ids), rows))
+
+    def _bulk_tick(self, batch_id: str) -> float:
+        """Apply what is due and wake waiters; the seconds `batch_id` still has to wait."""
+        with self._lock:
+            self._apply_due_bulk()
+            self._changed.notify_all()  # a stuck batch turns `stuck` now, too
+            batch = self._bulk.batches.get(batch_id)
+            if batch is None or batch.applied or batch.stuck:
+                return 0.0
+            return batch.due_at - self._clock()
+
+    def _apply_due_bulk(self) -> None:
+        """Apply every batch whose processing time has come; the caller holds the lock."""
+        now = self._clock()
+        due = self._bulk.due(now)
+        for batch in due:
+            with paused_gc():
+                record = functools.partial(self._record_row, batch, now)
+                self._bulk.apply(batch, self._profiles, record)
+        if due:
+            self._changed.notify_all()
+
+    def _record_row(
+        self, batch: Batch, at: float, key: ProfileKey, attributes: dict[str, str], row: int
+    ) -> None:
+        """Record one applied bulk row in the history single updates feed."""
+        self._records.append(
+            ReceivedUpdate(
+                at=at,
+                method="POST",
+                identity_type=key[0],
+                identity=key[1],
+                attributes=attributes,
+                status=200,
+                accepted=True,
+                batch_id=batch.id,
+                batch_row=row,
+            )
+        )

@@ -530,7 +530,8 @@ def test_admin_records_profiles_and_stats(sim: TargetSimulator, client: httpx.Cl
     ]
     assert records[0]["attributes"] == {"a": "é"}
     assert client.get("/_sim/profiles").json() == {"mbox3rdPartyId:c-1": {"a": "é"}}
-    assert client.get("/_sim/stats").json() == {
+    stats = client.get("/_sim/stats").json()
+    assert {k: v for k, v in stats.items() if not k.startswith("bulk_")} == {
         "received": 2,
         "accepted": 1,
         "rejected_by_status": {"400": 1},
