@@ -107,6 +107,8 @@ class TargetSettings(_Section):
     # A forward proxy URL; credentials as ${ENV} references (consumer/target/proxy.py).
     # Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY decide.
     proxy: SecretStr | None = None
+    # auto: single updates for live traffic, the Bulk API for backlogs (docs/quota.md).
+    transport: Literal["auto", "single", "bulk"] = "auto"
 
     @field_validator("proxy")
     @classmethod
@@ -132,6 +134,39 @@ class QuotaSettings(_Section):
 
     def burst_allowance(self) -> int:
         return self.burst if self.burst is not None else max(1, self.limit // 100)
+
+
+# Adobe: a batch must be under 50 MB and carry at most 500,000 rows.
+_BULK_MAX_BYTES = 50 * 1024 * 1024
+
+
+class BulkSettings(_Section):
+    """Target's Bulk Profile Update API: when `auto` switches to it, batches, shared limits."""
+
+    # auto switches to bulk when the waiting work would take longer than this through single
+    # updates at the rate the quota allows, and back once it would take less than
+    # switch_after_seconds * switch_back_ratio (the hysteresis).
+    switch_after_seconds: float = Field(300.0, gt=0)
+    switch_back_ratio: float = Field(0.5, gt=0, lt=1)
+    # ...or when the single-update quota's remaining share falls under this fraction.
+    headroom_threshold: float = Field(0.05, ge=0, lt=1)
+    max_batch_seconds: float = Field(60.0, gt=0)
+    max_rows: int = Field(500_000, ge=1, le=500_000)
+    # 1 MiB under Adobe's bound by default; the body is measured exactly (consumer/bulk/rows.py).
+    max_bytes: int = Field(_BULK_MAX_BYTES - 1024 * 1024, ge=1024, lt=_BULK_MAX_BYTES)
+    # v1 for pcId rows when the account uses ECID (Adobe: don't key v2 batches by pcId then).
+    pcid_api: Literal["v1", "v2"] = "v2"
+    # Rows per rolling 24 h and batch calls per rolling minute, for all replicas together.
+    daily_rows: int = Field(1_000_000, ge=1)
+    calls_per_minute: int = Field(50, ge=1)
+    status_poll_seconds: float = Field(10.0, gt=0)
+    status_timeout_seconds: float = Field(3600.0, gt=0)
+    max_resubmits: int = Field(3, ge=0)
+    request_timeout_seconds: float = Field(300.0, gt=0)
+
+    def batch_rows(self) -> int:
+        """Rows a batch may hold: a batch larger than the daily budget could never be sent."""
+        return min(self.max_rows, self.daily_rows)
 
 
 class MappingSettings(_Section):
@@ -160,6 +195,7 @@ class Settings(_Section):
     avro: AvroSettings = Field(default_factory=AvroSettings)  # type: ignore[arg-type]
     target: TargetSettings = Field(default_factory=TargetSettings)  # type: ignore[arg-type]
     quota: QuotaSettings = Field(default_factory=QuotaSettings)  # type: ignore[arg-type]
+    bulk: BulkSettings = Field(default_factory=BulkSettings)  # type: ignore[arg-type]
     mapping: MappingSettings = Field(default_factory=MappingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)  # type: ignore[arg-type]

@@ -97,3 +97,44 @@ class HttpTimeout(HttpTransportError):
 
 class DeadLetterError(ProfileConsumerError):
     """The DLQ could not be written: the event's offset must not be committed."""
+
+
+class BulkError(ProfileConsumerError):
+    """A call to Target's Bulk Profile Update API failed (consumer/bulk/)."""
+
+
+class RetryableBulkError(BulkError):
+    """Worth trying again, never a reason to dead-letter: 408, 429, 503 (Target's answer
+    beyond 50 batch calls a minute), other 5xx, timeouts, connection errors, and an answer
+    that cannot be read (rows are idempotent: sending a batch again is safe)."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class BulkAnswerError(RetryableBulkError):
+    """A submit or status answer we cannot use (not XML, elements missing, a bad URL)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bad_answer", message)
+
+
+class PermanentBulkError(BulkError):
+    """Target refused the call for good (`success` false, a 4xx other than 408 and 429).
+    For a submit, the batch is refused: its events go to the DLQ with `reason`."""
+
+    def __init__(
+        self, reason: str, message: str, http_status: int | None = None, body: bytes = b""
+    ) -> None:
+        self.reason = reason
+        self.http_status = http_status
+        self.body = body[:512]
+        super().__init__(message)
+
+
+class InvalidBulkRow(BulkError, EventError):
+    """One event no batch may carry (an empty identity, a reserved attribute name)."""
+
+    stage = "send"

@@ -15,6 +15,9 @@ from consumer import __version__
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _END_TO_END_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14_400, 86_400)
+_BULK_CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BULK_ROWS_BUCKETS = (1, 10, 100, 1_000, 10_000, 50_000, 100_000, 250_000, 500_000)
+_BULK_BYTES_BUCKETS = (1e3, 1e4, 1e5, 1e6, 5e6, 1e7, 2.5e7, 5e7)
 
 
 class Metrics:
@@ -22,6 +25,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.bulk = BulkMetrics(registry)
         p = "profile_consumer_"
         r = registry
         self.build_info = Info(p + "build", "Version of the running consumer.", registry=r)
@@ -164,5 +168,106 @@ class Metrics:
             p + "clock_skew_seconds",
             "This replica's clock minus the quota ledger broker's, as proven by its own records "
             "read back (0 within transit; beyond the margin the replica stops sending).",
+            registry=r,
+        )
+
+
+class BulkMetrics:
+    """The Bulk Profile Update API's metrics (consumer/bulk/): calls, batches, rows, budgets."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "profile_consumer_bulk_"
+        r = registry
+        self.requests = Counter(
+            p + "requests",
+            "HTTP attempts to the bulk API by call (submit, status) and status class.",
+            ["call", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            p + "request_duration_seconds",
+            "Duration of one HTTP attempt to the bulk API.",
+            ["call"],
+            buckets=_BULK_CALL_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            p + "retries",
+            "Retried bulk calls by call and reason (http_408, http_429, http_503, http_5xx, "
+            "timeout, connection, bad_answer).",
+            ["call", "reason"],
+            registry=r,
+        )
+        self.batches = Counter(
+            p + "batches",
+            "Batches by outcome (accepted, rejected, complete, stuck, resubmitted, dead_lettered).",
+            ["outcome"],
+            registry=r,
+        )
+        self.rows = Counter(
+            p + "rows",
+            "Batch rows by result (submitted, succeeded, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            p + "batch_rows", "Rows per submitted batch.", buckets=_BULK_ROWS_BUCKETS, registry=r
+        )
+        self.batch_bytes = Histogram(
+            p + "batch_bytes",
+            "Body size of a submitted batch.",
+            buckets=_BULK_BYTES_BUCKETS,
+            registry=r,
+        )
+        self.status_polls = Counter(
+            p + "status_polls",
+            "batchStatus answers by state (complete, incomplete, stuck, error).",
+            ["state"],
+            registry=r,
+        )
+        self.oldest_batch_age = Gauge(
+            p + "oldest_batch_age_seconds",
+            "Age of the oldest batch this replica submitted whose status is not final (0: none).",
+            registry=r,
+        )
+        self.batches_in_flight = Gauge(
+            p + "batches_in_flight",
+            "Batches submitted by this replica whose status is not final.",
+            registry=r,
+        )
+        self.transport_mode = Gauge(
+            "profile_consumer_transport_mode",
+            "1 for the transport this replica uses now (mode: single, bulk), 0 for the other.",
+            ["mode"],
+            registry=r,
+        )
+        self.transport_switches = Counter(
+            "profile_consumer_transport_switches",
+            "Switches between transports, by the mode switched to (single, bulk).",
+            ["to"],
+            registry=r,
+        )
+        self.budget_limit = Gauge(
+            p + "budget_limit",
+            "Bulk limit per rolling window, shared by all replicas (budget: calls, rows).",
+            ["budget"],
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            p + "budget_used",
+            "Bulk budget used in the current window by all replicas (budget: calls, rows).",
+            ["budget"],
+            registry=r,
+        )
+        self.budget_remaining = Gauge(
+            p + "budget_remaining",
+            "Bulk budget left in the current window (budget: calls, rows).",
+            ["budget"],
+            registry=r,
+        )
+        self.budget_wait = Counter(
+            p + "budget_wait_seconds",
+            "Time bulk calls spent waiting for a bulk budget (budget: calls, rows).",
+            ["budget"],
             registry=r,
         )

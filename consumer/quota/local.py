@@ -125,34 +125,41 @@ class QuotaGate:
         while (delay := self._hold_until - self._clock()) > 0:
             await self._sleep(delay)
 
-    async def acquire(self) -> None:
-        """Wait until one more update is allowed, then count it."""
+    async def acquire(self, units: int = 1) -> None:
+        """Wait until `units` more are allowed at once, then count them all.
+
+        FIFO: a caller waiting for many units is not overtaken by later callers asking for
+        few (the lock), so a large request cannot starve. Smooth pacing waits for at most
+        `burst` tokens and may leave the bucket in debt, which later callers wait out.
+        """
+        check_units(units, self.limit)
         async with self._lock:
             while True:
-                delay = self._delay(self._clock())
+                delay = self._delay(self._clock(), units)
                 if delay <= 0:
                     break
                 self.waited_seconds += delay
                 await self._sleep(delay)
             now = self._clock()
-            self._counter.add(now)
-            self._mine.add(now)
+            self._counter.add(now, units)
+            self._mine.add(now, units)
             if self._smooth:
-                self._tokens -= 1
+                self._tokens -= units
 
-    def _delay(self, now: float) -> float:
+    def _delay(self, now: float, units: int = 1) -> float:
         if now < self._hold_until:
             return self._hold_until - now
         self._counter.expire(now)
         self._mine.expire(now)
-        if self._counter.total >= self.limit:
-            frees = self._counter.frees_at_for(self._counter.total - self.limit + 1)
+        if self._counter.total + units > self.limit:
+            frees = self._counter.frees_at_for(self._counter.total - self.limit + units)
             return max((frees or now) - now, 1e-3)
         if self._smooth:
             self._tokens = min(self._burst, self._tokens + (now - self._refilled_at) * self._rate)
             self._refilled_at = now
-            if self._tokens < 1:
-                return (1 - self._tokens) / self._rate
+            needed = min(float(units), self._burst)
+            if self._tokens < needed:
+                return (needed - self._tokens) / self._rate
         return 0.0
 
     def snapshot(self) -> QuotaSnapshot:
@@ -170,3 +177,9 @@ class QuotaGate:
             rate_per_second=recent / span,
             frees_at=self._counter.frees_at(),
         )
+
+
+def check_units(units: int, limit: int) -> None:
+    """More than the limit could never be granted: refuse at once rather than wait forever."""
+    if not 1 <= units <= limit:
+        raise ValueError(f"cannot acquire {units} units under a limit of {limit}")

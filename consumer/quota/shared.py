@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer.config import Settings
-from consumer.quota.ledger import LedgerState, QuotaRule
-from consumer.quota.local import Clock, QuotaGate, QuotaSnapshot, Sleep
+from consumer.quota.ledger import Lease, LedgerState, QuotaRule
+from consumer.quota.local import Clock, QuotaGate, QuotaSnapshot, Sleep, check_units
 from consumer.quota.log import KafkaLedgerLog, LedgerLog, LogRecord
 from consumer.quota.messages import (
     Hold,
@@ -210,16 +210,22 @@ class SharedQuotaGate(QuotaGate):
             hold = Hold(self.replica, wall_until)
             self._spawn(self._ledger.append(key_of(hold), encode(hold)))
 
-    async def acquire(self) -> None:
-        """Wait until this replica holds a granted unit, then spend it."""
+    async def acquire(self, units: int = 1) -> None:
+        """Wait until this replica holds `units` granted units, then spend them all at once.
+
+        Many units come from one lease of exactly that size (all or nothing: a partial grant is
+        given back at once, then asked again once the window has room), so a replica never
+        sits on part of a budget it cannot use while others wait for it.
+        """
+        check_units(units, self.limit)
         self._waiters += 1
         try:
             async with self._lock:
-                await self._take_one()
+                await self._take(units)
         finally:
             self._waiters -= 1
 
-    async def _take_one(self) -> None:
+    async def _take(self, units: int) -> None:
         while True:
             tick = self._tick
             now = self.now()
@@ -228,13 +234,36 @@ class SharedQuotaGate(QuotaGate):
                 await self._wait(max(self._probe_after - now, 1e-3), tick)
                 continue
             delay = self._blocked_for(now)
-            if delay <= 0 and self._lease is not None:
-                self._spend(self._lease, now)
-                return
+            lease = self._lease
+            if delay <= 0 and lease is not None:
+                if lease.granted - lease.spent >= units:
+                    self._spend(lease, now, units)
+                    return
+                self._retire(lease)  # too small for many units: give the rest back
             if delay <= 0:
-                delay = await self._obtain(now)
+                delay = await (
+                    self._obtain(now) if units == 1 else self._obtain_exactly(units, now)
+                )
             if delay > 0:
                 await self._wait(delay, tick)
+
+    async def _obtain_exactly(self, units: int, now: float) -> float:
+        """Ask the ledger for one lease of `units`; 0 once granted whole, else seconds to wait
+        (a partial grant is settled to nothing: everyone counts it as free again)."""
+        ready = self.state.ready_at(units, now)
+        if ready > now:
+            return ready - now
+        request, key, offset, decided = await self._ask(units, now)
+        if decided is None or decided.offset != offset or decided.granted < units:
+            if decided is not None and decided.offset == offset:
+                settle = Settle(self.replica, request.lease, 0, decided.start)
+                await self._ledger.append(key, encode(settle))
+            # Someone took part of the room between our look and our request: look again.
+            return HOUSEKEEPING_SECONDS
+        self._lease = _Lease(key, request.lease, decided.start, units)
+        if not self.health()[0]:
+            self._retire(self._lease)
+        return 0.0
 
     def _blocked_for(self, now: float) -> float:
         """Seconds to wait for a hold, or for the lease's start; retires a used-up lease."""
@@ -248,12 +277,23 @@ class SharedQuotaGate(QuotaGate):
         early = lease.start - now if lease is not None else 0.0
         return max(held, early, 0.0)
 
-    def _spend(self, lease: _Lease, now: float) -> None:
-        lease.spent += 1
+    def _spend(self, lease: _Lease, now: float, units: int = 1) -> None:
+        lease.spent += units
         lease.last = now
-        self._recent.append(now)
+        if units == 1:  # single-unit demand sizes the next lease; a batch's rows do not
+            self._recent.append(now)
         if lease.spent >= lease.granted:
             self._retire(lease)  # at once: its units leave the window from the last send
+
+    async def _ask(self, units: int, now: float) -> tuple[LeaseRequest, str, int, Lease | None]:
+        """Append a lease request under a fresh id, read it back: the rule's decision."""
+        seen = self.state.replicas.get(self.replica)
+        self._next_id = max(self._next_id, seen.last_lease if seen is not None else 0) + 1
+        request = LeaseRequest(self.replica, self._next_id, units, now)
+        key = key_of(request)
+        offset = await self._ledger.append(key, encode(request))
+        await self._until_applied(offset)
+        return request, key, offset, self.state.decision(key)
 
     async def _obtain(self, now: float) -> float:
         """Ask the ledger for a lease; 0 once one was granted, else seconds to wait."""
@@ -261,13 +301,7 @@ class SharedQuotaGate(QuotaGate):
         ready = self.state.ready_at(self._worth_asking(units), now)
         if ready > now:
             return ready - now
-        seen = self.state.replicas.get(self.replica)
-        self._next_id = max(self._next_id, seen.last_lease if seen is not None else 0) + 1
-        request = LeaseRequest(self.replica, self._next_id, units, now)
-        key = key_of(request)
-        offset = await self._ledger.append(key, encode(request))
-        await self._until_applied(offset)
-        decided = self.state.decision(key)
+        request, key, offset, decided = await self._ask(units, now)
         if decided is not None and decided.offset != offset:
             # Not our request's lease: the id was used before under this name. Never spend
             # another incarnation's lease; ask again under an id after every one seen.

@@ -13,7 +13,7 @@ import math
 import secrets
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from consumer.config import Settings, load_settings
-from consumer.quota.ledger import LedgerState
+from consumer.quota.ledger import LedgerState, QuotaRule
 from consumer.quota.log import KafkaLedgerLog, as_record
 from consumer.quota.messages import Marker, RecordError, decode, encode, key_of
 from consumer.quota.shared import rule_from
@@ -33,6 +33,20 @@ class ReplicaRow:
     used: int
     leases: int
     last_request_seconds_ago: float | None
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """One bulk limit (consumer/bulk/limits.py) as its own ledger tells it."""
+
+    budget: str  # "calls" or "rows"
+    ledger_topic: str
+    exists: bool
+    limit: int
+    window_seconds: float
+    used: int
+    remaining: int
+    hold_until: float | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class QuotaStatus:
     frees_at: float | None
     hold_until: float | None
     replicas: list[ReplicaRow] = field(default_factory=list)
+    bulk: list[BudgetRow] = field(default_factory=list)
 
 
 def add_parser(sub: Any) -> None:
@@ -99,7 +114,46 @@ def read_status(settings: Settings, timeout: float = 30.0, wall: Any = time.time
     exists = _topic_exists(config, topic, timeout)
     if exists:
         _replay(config, topic, state, timeout)
-    return summarise(settings, state, exists, wall())
+    bulk = [
+        _budget(config, name, rule, topic, timeout, wall) for name, rule, topic in _bulk(settings)
+    ]
+    return replace(summarise(settings, state, exists, wall()), bulk=bulk)
+
+
+def _bulk(settings: Settings) -> list[tuple[str, QuotaRule, str]]:
+    from consumer.bulk.limits import calls_rule, ledger_topics, rows_rule
+
+    topics = ledger_topics(settings)
+    return [
+        ("calls", calls_rule(settings), topics["calls"]),
+        ("rows", rows_rule(settings), topics["rows"]),
+    ]
+
+
+def _budget(
+    config: dict[str, Any], name: str, rule: QuotaRule, topic: str, timeout: float, wall: Any
+) -> BudgetRow:
+    state = LedgerState(rule)
+    exists = _topic_exists(config, topic, timeout)
+    if exists:
+        _replay(config, topic, state, timeout)
+    return summarise_budget(name, topic, state, exists, wall())
+
+
+def summarise_budget(
+    name: str, topic: str, state: LedgerState, exists: bool, now: float
+) -> BudgetRow:
+    used = state.used(now)
+    return BudgetRow(
+        budget=name,
+        ledger_topic=topic,
+        exists=exists,
+        limit=state.rule.limit,
+        window_seconds=state.rule.window,
+        used=used,
+        remaining=max(0, state.rule.limit - used),
+        hold_until=state.hold_until if state.hold_until > now else None,
+    )
 
 
 def _topic_exists(config: dict[str, Any], topic: str, timeout: float) -> bool:
@@ -224,6 +278,16 @@ def render(status: QuotaStatus) -> str:
         lines.append(f"{row.replica:<40} {row.used:>8} {row.leases:>7}  {ago}")
     if not s.replicas:
         lines.append("(no replica has used the quota in this window)")
+    if s.bulk:
+        lines += ["", f"{'BULK BUDGET':<12} {'USED':>9} {'LIMIT':>9} {'REMAINING':>10}  PER"]
+    for b in s.bulk:
+        hold = f", hold {_when(b.hold_until, s.at)}" if b.hold_until else ""
+        lines.append(
+            f"{b.budget:<12} {b.used:>9} {b.limit:>9} {b.remaining:>10}  "
+            f"{_seconds(b.window_seconds)} ({b.ledger_topic}"
+            + ("" if b.exists else ", not created yet")
+            + f"{hold})"
+        )
     return "\n".join(lines)
 
 

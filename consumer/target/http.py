@@ -27,7 +27,7 @@ from consumer.config import Settings
 from consumer.errors import HttpConnectionError, HttpTimeout
 from consumer.target.proxy import choose_proxy, mask
 from consumer.target.tls import tls_context
-from consumer.target.transport import HeldTransport, Hold
+from consumer.target.transport import UNHELD, HeldTransport, Hold
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +50,35 @@ class TargetHttp:
     """Sends one request and reads its bounded answer; share one instance (one pool)."""
 
     def __init__(
-        self, *, client: httpx.AsyncClient, timeout: float, max_body: int = MAX_BODY
+        self,
+        *,
+        client: httpx.AsyncClient,
+        timeout: float,
+        max_body: int = MAX_BODY,
+        held: bool = True,
     ) -> None:
         self._client = client
         self._timeout = timeout
         self._max_body = max_body
+        self._extensions = {} if held else {UNHELD: True}
+
+    def derive(self, *, timeout: float, max_body: int, held: bool) -> TargetHttp:
+        """Another view of the same pool (the bulk API: longer timeout, larger answers, and
+        no single-update Retry-After hold, `held=False`)."""
+        return TargetHttp(client=self._client, timeout=timeout, max_body=max_body, held=held)
 
     async def request(
         self, method: str, url: str, body: bytes = b"", content_type: str | None = None
     ) -> Answer:
         headers = {"Content-Type": content_type} if content_type is not None else None
-        request = self._client.build_request(method, url, content=body or None, headers=headers)
+        request = self._client.build_request(
+            method,
+            url,
+            content=body or None,
+            headers=headers,
+            timeout=self._timeout,  # httpx's per-phase timeouts, besides the overall deadline
+            extensions=dict(self._extensions),
+        )
         try:
             async with asyncio.timeout(self._timeout):
                 response = await self._client.send(request, stream=True)
@@ -103,7 +121,11 @@ def open_client(
             keepalive_expiry=KEEPALIVE_EXPIRY,
         )
         via = _proxy(proxy, context) if proxy else None
-        return httpx.AsyncHTTPTransport(verify=context, limits=limits, proxy=via, retries=0)
+        # HTTP/1.1 only, as the ALPN offer in tls.py says; no retries of httpcore's own: the one
+        # retry we allow is HeldTransport's, on a reused connection only.
+        return httpx.AsyncHTTPTransport(
+            verify=context, limits=limits, proxy=via, http1=True, http2=False, retries=0
+        )
 
     held = HeldTransport(pooled=transport(target.max_in_flight), fresh=transport(0), hold=hold)
     token = target.token.get_secret_value() if target.token is not None else None

@@ -20,6 +20,8 @@ import httpx
 # What a connection that died while idle looks like at the next request: the write breaks, the
 # read finds the end of the stream, or the peer resets it. A timeout is not one of them.
 _STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# A request extension: this request neither waits for nor sets the single-update hold.
+UNHELD = "profile_consumer.unheld"
 
 
 class Hold(Protocol):
@@ -61,20 +63,22 @@ class HeldTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         trace = _Trace()
         request.extensions["trace"] = trace
-        if self._hold is not None:
-            await self._hold.before_send()
+        # Bulk calls have limits and holds of their own (consumer/bulk/limits.py).
+        hold = None if request.extensions.get(UNHELD) else self._hold
+        if hold is not None:
+            await hold.before_send()
         try:
             response = await self._pooled.handle_async_request(request)
         except _STALE:
             if trace.connected:  # a fresh connection failed: not a stale one
                 raise
             self.stale_retries += 1
-            if self._hold is not None:
-                await self._hold.before_send()
+            if hold is not None:
+                await hold.before_send()
             del request.extensions["trace"]
             response = await self._fresh.handle_async_request(request)
-        if self._hold is not None:
-            self._hold.on_answer(response.status_code, response.headers)
+        if hold is not None:
+            hold.on_answer(response.status_code, response.headers)
         return response
 
     async def aclose(self) -> None:

@@ -98,7 +98,8 @@ def _registered_labels() -> dict[str, set[str]]:
     """Exposed name -> label names (declared labels, plus Info's sample labels)."""
     registry, metrics = _registry()
     labels: dict[str, set[str]] = {}
-    wrappers = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
+    attributes = [*vars(metrics).values(), *vars(metrics.bulk).values()]
+    wrappers = [v for v in attributes if isinstance(v, MetricWrapperBase)]
     declared = {w._name: set(w._labelnames) for w in wrappers}
     for family in registry.collect():
         names = set(declared.get(family.name, set()))

@@ -1,0 +1,254 @@
+"""One bulk batch being filled: one row per profile, merged, with its exact rendered size.
+
+`BatchBuilder` (one per identity type and batch) takes mapped events with `try_add` (or `add`),
+merging every event of a profile into that profile's single row, the later event winning per
+attribute. It keeps the byte size of the body `render()` will produce exactly, updated on every
+add, so a batch is never over `max_bytes` nor `max_rows`: an add that would pass either limit
+changes nothing and returns False (the caller renders this batch and starts the next one).
+
+The body is `batch=` then CSV: lines joined by `\\n`, cells by `,`, every header name, identity
+and value percent-encoded as UTF-8 with nothing left safe (so no cell holds a raw `,` `\\n` `&`
+`+` `%`). Header: `thirdPartyId` or `pcId`, then the attribute names in first-seen order.
+
+Memory: per profile one dict entry (identity -> row index) and one `bytes` row (its encoded
+cells, without the empty cells at its end: `render()` pads them); per event only the caller's
+`ref` and 4 bytes of row index. The caller should keep `ref` small (an int, a tuple of ints).
+
+Empty values are skipped: Target ignores them (an attribute cannot be cleared through bulk), so
+an empty value never overwrites an earlier value of the same profile in the batch.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain
+from typing import Generic, TypeVar
+from urllib.parse import quote, unquote
+
+from consumer.errors import InvalidBulkRow
+
+PREFIX = b"batch="
+# Adobe: a batch must be under 50 MB and hold at most 500,000 rows.
+BULK_MAX_BYTES = 50 * 1024 * 1024
+BULK_MAX_ROWS = 500_000
+# The product's default: 1 MiB under Adobe's bound, for whatever a proxy or Target counts on top.
+DEFAULT_MAX_BYTES = BULK_MAX_BYTES - 1024 * 1024
+# ProfileUpdate.identity_type -> the header's identity column.
+ID_COLUMNS = {"mbox3rdPartyId": "thirdPartyId", "mboxPC": "pcId"}
+
+Ref = TypeVar("Ref")
+
+
+@lru_cache(maxsize=4096)
+def encode_cell(text: str) -> bytes:
+    """Names and identities: percent-encoded UTF-8, nothing safe (cached: names repeat)."""
+    return quote(text, safe="").encode("ascii")
+
+
+# Exactly what quote(safe="") leaves as it is (RFC 3986 unreserved); \Z: no trailing newline.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
+
+
+def encode_value(text: str) -> bytes:
+    """Like encode_cell; most values need no escaping, and a regex match is cheaper than quote."""
+    if text.isascii() and (text.isalnum() or _UNRESERVED.match(text)):
+        return text.encode("ascii")
+    return quote(text, safe="").encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow(Generic[Ref]):
+    """A row as sent: `number` 1 is the first data row (Target's `rowNumber`)."""
+
+    number: int
+    identity: str
+    attributes: dict[str, str]
+    refs: tuple[Ref, ...]
+
+
+class BatchBuilder(Generic[Ref]):
+    """The rows of one batch for one identity type; pure (no I/O, no clock)."""
+
+    def __init__(
+        self,
+        *,
+        identity_type: str,
+        max_rows: int = BULK_MAX_ROWS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if identity_type not in ID_COLUMNS:
+            raise ValueError(f"identity_type must be one of {sorted(ID_COLUMNS)}")
+        if not 1 <= max_rows <= BULK_MAX_ROWS or not 1 <= max_bytes < BULK_MAX_BYTES:
+            raise ValueError("max_rows or max_bytes beyond what Target accepts")
+        self.identity_type = identity_type
+        self.id_column = ID_COLUMNS[identity_type]
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._columns: dict[str, int] = {}  # attribute name -> column index
+        self._header: list[bytes] = [encode_cell(self.id_column)]
+        self._index: dict[str, int] = {}  # identity -> row index (insertion order = row order)
+        self._rows: list[bytes] = []  # encoded identity then cells, trailing empties left out
+        self._event_rows = array("I")  # per event: its row index
+        self._refs: list[Ref] = []
+        # `batch=` + header; each row adds `\n` + identity + one `,` per column + its values.
+        self._size = len(PREFIX) + len(self._header[0])
+
+    # --- size and limits -------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Exactly `len(self.render())`."""
+        return self._size
+
+    @property
+    def row_count(self) -> int:
+        return len(self._rows)
+
+    @property
+    def event_count(self) -> int:
+        return len(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def empty(self) -> bool:
+        return not self._rows
+
+    @property
+    def full(self) -> bool:
+        """No new row could be added: the row limit is reached, or even the smallest new row
+        (a one-character identity, no value) would pass `max_bytes`. An event of a profile
+        already in the batch may still fit: `try_add` answers exactly."""
+        smallest_row = 2 + len(self._columns)
+        return len(self._rows) >= self.max_rows or self._size + smallest_row > self.max_bytes
+
+    # --- adding ------------------------------------------------------------------------------
+
+    def add(self, identity: str, attributes: Mapping[str, str], ref: Ref) -> None:
+        """Like `try_add`; raises OverflowError when the event does not fit."""
+        if not self.try_add(identity, attributes, ref):
+            raise OverflowError("the event does not fit in this batch")
+
+    def try_add(self, identity: str, attributes: Mapping[str, str], ref: Ref) -> bool:
+        """Merge one event into its profile's row; False (and no change) when the result would
+        pass `max_rows` or `max_bytes`. An event that fits no batch at all (False on an empty
+        builder) is too large for bulk. Raises InvalidBulkRow for an event no batch may carry
+        (an empty identity, an attribute name that is an identity column or empty)."""
+        if not identity:
+            raise InvalidBulkRow("bulk_invalid_row", "empty identity")
+        columns = self._columns
+        index = self._index.get(identity)
+        if index is None:
+            if len(self._rows) >= self.max_rows:
+                return False
+            cells = [encode_value(identity)]
+            # `\n` + identity + a `,` per column
+            grown = self._size + 1 + len(cells[0]) + len(columns)
+        else:
+            cells = self._rows[index].split(b",")
+            grown = self._size
+        new_names = [name for name, value in attributes.items() if value and name not in columns]
+        if new_names:
+            columns, grown = self._widen(columns, new_names, grown, new_row=index is None)
+        missing = len(columns) + 1 - len(cells)
+        if missing > 0:
+            cells.extend([b""] * missing)
+        for name, value in attributes.items():
+            if value:  # empty values are ignored by Target: never clear an earlier value
+                at = columns[name] + 1
+                encoded = encode_value(value)
+                grown += len(encoded) - len(cells[at])
+                cells[at] = encoded
+        if grown > self.max_bytes:
+            return False
+        self._commit(identity, index, cells, new_names, columns)
+        self._size = grown
+        self._event_rows.append(self._index[identity])
+        self._refs.append(ref)
+        return True
+
+    def _widen(
+        self, columns: dict[str, int], new_names: list[str], grown: int, *, new_row: bool
+    ) -> tuple[dict[str, int], int]:
+        """Columns with `new_names` added (a copy), and the size with a `,` + name in the
+        header and a `,` in every row for each."""
+        for name in new_names:
+            _check_name(name)
+        rows = len(self._rows) + (1 if new_row else 0)
+        grown += sum(1 + len(encode_cell(name)) for name in new_names) + rows * len(new_names)
+        widened = dict(columns)
+        for name in new_names:
+            widened[name] = len(widened)
+        return widened, grown
+
+    def _commit(
+        self,
+        identity: str,
+        index: int | None,
+        cells: list[bytes],
+        new_names: list[str],
+        columns: dict[str, int],
+    ) -> None:
+        self._header.extend(encode_cell(name) for name in new_names)
+        self._columns = columns
+        while len(cells) > 1 and not cells[-1]:
+            cells.pop()  # trailing empty cells are padded by render()
+        row = b",".join(cells)
+        if index is None:
+            self._index[identity] = len(self._rows)
+            self._rows.append(row)
+        else:
+            self._rows[index] = row
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The request body: `batch=` + header + rows, joined once."""
+        width = len(self._header)
+
+        def padded(row: bytes) -> bytes:
+            missing = width - 1 - row.count(b",")
+            return row + b"," * missing if missing else row
+
+        header = PREFIX + b",".join(self._header)
+        return b"\n".join(chain((header,), map(padded, self._rows)))
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self._columns)
+
+    def refs(self) -> list[Ref]:
+        """Every event's ref, in the order they were added."""
+        return list(self._refs)
+
+    def refs_by_row(self) -> list[list[Ref]]:
+        """Index i: the refs of row number i + 1 (built on demand, not kept)."""
+        grouped: list[list[Ref]] = [[] for _ in self._rows]
+        for row, ref in zip(self._event_rows, self._refs, strict=True):
+            grouped[row].append(ref)
+        return grouped
+
+    def rows(self) -> Iterator[BatchRow[Ref]]:
+        """Per row: rowNumber, identity, merged attributes, the refs of its events."""
+        names = list(self._columns)
+        grouped = self.refs_by_row()
+        for number, (identity, index) in enumerate(self._index.items(), start=1):
+            cells = self._rows[index].split(b",")[1:]
+            attributes = {names[i]: _decode(cell) for i, cell in enumerate(cells) if cell}
+            yield BatchRow(number, identity, attributes, tuple(grouped[index]))
+
+
+def _check_name(name: str) -> None:
+    if not name or name in ID_COLUMNS.values():
+        raise InvalidBulkRow(
+            "bulk_invalid_row", "an attribute name is empty or names an identity column"
+        )
+
+
+def _decode(cell: bytes) -> str:
+    return unquote(cell.decode("ascii"), encoding="utf-8", errors="strict")
