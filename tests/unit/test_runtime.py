@@ -55,7 +55,7 @@ def test_run_tunes_the_gc_after_start_up_and_before_running(
     monkeypatch.setattr(cli, "_load", lambda path: settings)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        assert cli.cmd_run(argparse.Namespace(config=Path("config.yaml"))) == 0
+        assert cli.cmd_run(argparse.Namespace(config=Path("config.yaml"), timeout=None)) == 0
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
