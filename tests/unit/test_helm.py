@@ -45,6 +45,7 @@ CONFIG_DIR = "/etc/profile-consumer"
 # Environment variables that carry secrets; they must come from a Secret, never a literal.
 SECRET_ENV = {
     "PROFILE_CONSUMER__TARGET__TOKEN",
+    "PROFILE_CONSUMER__TARGET__PROXY",
     "PROFILE_CONSUMER__KAFKA__CONFIG__SASL_USERNAME",
     "PROFILE_CONSUMER__KAFKA__CONFIG__SASL_PASSWORD",
     "PROFILE_CONSUMER__KAFKA__CONFIG__SSL_KEY_PASSWORD",
@@ -437,9 +438,14 @@ def test_secret_env_names_reach_the_right_settings(
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"mapping": {"rules": str(tmp_path / "mapping.yaml")}}))
     names = [e["name"] for e in container(rendered["kafka-mtls"])["env"] if e["name"] in SECRET_ENV]
-    settings = load_settings(path, environ={name: f"v-{name}" for name in names})
+    environ = {name: f"v-{name}" for name in names}
+    proxy_url = "http://user:v-secret@proxy.corp:3128"
+    environ["PROFILE_CONSUMER__TARGET__PROXY"] = proxy_url  # validated as a proxy URL
+    settings = load_settings(path, environ=environ)
     assert settings.target.token is not None
     assert settings.target.token.get_secret_value() == "v-PROFILE_CONSUMER__TARGET__TOKEN"
+    assert settings.target.proxy is not None
+    assert settings.target.proxy.get_secret_value() == proxy_url
     assert settings.kafka.config == {
         "sasl.username": "v-PROFILE_CONSUMER__KAFKA__CONFIG__SASL_USERNAME",
         "sasl.password": "v-PROFILE_CONSUMER__KAFKA__CONFIG__SASL_PASSWORD",
@@ -822,6 +828,24 @@ def test_proxy_values_reach_the_container_env(chart: helm.Chart) -> None:
     assert not {"HTTPS_PROXY", "NO_PROXY"} & {
         e["name"] for e in container(render(chart, {}))["env"]
     }
+
+
+def test_a_proxy_url_with_credentials_comes_from_a_secret_key(chart: helm.Chart) -> None:
+    """target.proxy may hold a password: it reaches the pod from a Secret, never the ConfigMap."""
+    url = "http://proxy-user:pr0xy-pa55@proxy.corp:3128"
+    created = {"secrets": {"create": True, "values": {"targetProxy": url}}}
+    docs = render(chart, created)
+    env = {e["name"]: e for e in container(docs)["env"]}
+    ref = env["PROFILE_CONSUMER__TARGET__PROXY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": FULLNAME, "key": "target-proxy", "optional": True}
+    secret = one(docs, "Secret", FULLNAME)
+    assert base64.b64decode(secret["data"]["target-proxy"]).decode() == url
+    assert "pr0xy-pa55" not in json.dumps([d for d in docs if d["kind"] != "Secret"])
+    existing = {"secrets": {"existingSecret": "egress", "keys": {"targetProxy": "proxy-url"}}}
+    env = {e["name"]: e for e in container(render(chart, existing))["env"]}
+    ref = env["PROFILE_CONSUMER__TARGET__PROXY"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("egress", "proxy-url")
+    validate_builtin(docs)
 
 
 def test_existing_configmap_is_mounted_instead_of_rendered(chart: helm.Chart) -> None:

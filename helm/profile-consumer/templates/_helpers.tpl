@@ -98,6 +98,7 @@ kafka.config keys use librdkafka's dotted names: ..__CONFIG__SASL_PASSWORD -> sa
 */}}
 {{- define "profile-consumer.secretEnvNames" -}}
 targetToken: PROFILE_CONSUMER__TARGET__TOKEN
+targetProxy: PROFILE_CONSUMER__TARGET__PROXY
 kafkaSaslUsername: PROFILE_CONSUMER__KAFKA__CONFIG__SASL_USERNAME
 kafkaSaslPassword: PROFILE_CONSUMER__KAFKA__CONFIG__SASL_PASSWORD
 kafkaSslKeyPassword: PROFILE_CONSUMER__KAFKA__CONFIG__SSL_KEY_PASSWORD
