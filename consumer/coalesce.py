@@ -4,6 +4,12 @@ Updates for one profile that wait together merge into one batch (a later event w
 attribute), so one quota unit carries many events. A profile with a request in flight gets no
 second one: its new events wait in a fresh batch that becomes eligible when the first is done,
 which keeps Target's final value equal to the last event's.
+
+A batch holds the events of one `source` only (the pipeline's source is a partition in one
+assignment epoch). Merging across sources would let a value of a partition this member no
+longer owns ride in the request of one it still owns, over a newer value the next owner wrote;
+so a profile whose events come from two sources gets a chain of batches, one per source, sent
+one after the other, and `drop` removes a revoked source's batches whole.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -25,6 +32,8 @@ class Batch(Generic[Ref]):
     refs: list[Ref] = field(default_factory=list)
     due: float = 0.0
     seq: int = 0  # arrival order: ties on `due` go first come, first served
+    source: Hashable = None  # where every one of `refs` came from (never mixed)
+    next: Batch[Ref] | None = None  # the profile's batch of another source, waiting behind
 
     @property
     def identity_type(self) -> str:
@@ -58,19 +67,32 @@ class Coalescer(Generic[Ref]):
         self._seq = itertools.count()
         self._flushing = False
 
-    def add(self, key: ProfileKey, attributes: dict[str, str], ref: Ref, now: float) -> bool:
-        """Queue an update; True when it merged into a waiting batch.
+    def add(
+        self,
+        key: ProfileKey,
+        attributes: dict[str, str],
+        ref: Ref,
+        now: float,
+        source: Hashable = None,
+    ) -> bool:
+        """Queue an update from `source`; True when it merged into a waiting batch.
 
         `attributes` is taken over, not copied: a new batch keeps that very dict and later
         updates of the profile are merged into it, so the caller must not use it again.
         """
         batch = self._waiting.get(key)
         if batch is not None:
+            while batch.source != source:
+                if batch.next is None:  # rare: the profile's events come from two sources
+                    due = now if self._flushing else now + self._window
+                    batch.next = Batch(key, attributes, [ref], due, next(self._seq), source)
+                    return False
+                batch = batch.next
             batch.attributes.update(attributes)
             batch.refs.append(ref)
             return True
         due = now if self._flushing else now + self._window
-        batch = self._waiting[key] = Batch(key, attributes, [ref], due, next(self._seq))
+        batch = self._waiting[key] = Batch(key, attributes, [ref], due, next(self._seq), source)
         if key not in self._in_flight:
             fifo = self._fifo
             if fifo and due < fifo[-1].due:
@@ -88,16 +110,20 @@ class Coalescer(Generic[Ref]):
                 if heap[0][0] > now:
                     break
                 key = heapq.heappop(heap)[2]
-                batch = None if key in in_flight else waiting.pop(key, None)
+                batch = None if key in in_flight else waiting.get(key)
                 if batch is None:
                     continue  # stale entry: its batch went with another entry of the profile
             elif fifo and fifo[0].due <= now:
                 batch = fifo.popleft()
                 if waiting.get(batch.key) is not batch:
-                    continue  # it went with a heap entry of the profile
-                del waiting[batch.key]
+                    continue  # it went with a heap entry of the profile, or was dropped
             else:
                 break
+            # The next source's batch, if any, heads the profile now; done() queues it.
+            if batch.next is None:
+                del waiting[batch.key]
+            else:
+                waiting[batch.key], batch.next = batch.next, None
             in_flight.add(batch.key)
             ready.append(batch)
         return ready
@@ -120,13 +146,59 @@ class Coalescer(Generic[Ref]):
         self._flushing = True
         # The FIFO's batches too: one that left with a heap entry is no longer waiting, and
         # with its old due it would hold up the batches behind it.
-        for batch in itertools.chain(self._waiting.values(), self._fifo):
+        for batch in itertools.chain(self._chained(), self._fifo):
             batch.due = float("-inf")
         self._heap = [(float("-inf"), s, k) for _, s, k in self._heap]
         heapq.heapify(self._heap)
+
+    def drop(self, dropped: Callable[[Hashable], bool]) -> list[Ref]:
+        """Remove the waiting batches of every source for which `dropped` is true (their
+        partitions were revoked: the next owner re-reads those events); returns their refs.
+
+        A batch in flight is not touched: the pipeline's handover deals with sends.
+        """
+        refs: list[Ref] = []
+        for key, head in list(self._waiting.items()):
+            kept: list[Batch[Ref]] = []
+            batch: Batch[Ref] | None = head
+            while batch is not None:
+                if dropped(batch.source):
+                    refs.extend(batch.refs)
+                else:
+                    kept.append(batch)
+                batch = batch.next
+            if len(kept) == _chain_length(head):
+                continue
+            for earlier, later in itertools.pairwise(kept):
+                earlier.next = later
+            if not kept:
+                del self._waiting[key]  # its FIFO or heap entry goes stale and is skipped
+                continue
+            kept[-1].next = None
+            self._waiting[key] = kept[0]
+            if kept[0] is not head and key not in self._in_flight:
+                heapq.heappush(self._heap, (kept[0].due, next(self._seq), key))
+        return refs
+
+    def _chained(self) -> list[Batch[Ref]]:
+        out: list[Batch[Ref]] = []
+        for head in self._waiting.values():
+            batch: Batch[Ref] | None = head
+            while batch is not None:
+                out.append(batch)
+                batch = batch.next
+        return out
 
     def waiting(self) -> int:
         return len(self._waiting)
 
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+
+def _chain_length(batch: Batch[Ref] | None) -> int:
+    length = 0
+    while batch is not None:
+        length += 1
+        batch = batch.next
+    return length

@@ -44,7 +44,7 @@ class Metrics:
         )
         self.updates_sent = Counter(
             p + "updates_sent",
-            "Profile update requests finished, by result (success, rejected, exhausted).",
+            "Profile update requests finished, by result (success, rejected, exhausted, error).",
             ["result"],
             registry=r,
         )

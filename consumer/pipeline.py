@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from consumer.coalesce import Batch, Coalescer
 from consumer.errors import DecodeError, EventError, MappingError, PermanentDeliveryError
 from consumer.kafka.offsets import OffsetTracker
 from consumer.kafka.offsets import TopicPartition as TP
-from consumer.mapping import Mapper
+from consumer.mapping import Mapper, ProfileUpdate
 from consumer.metrics import Metrics
 from consumer.quota import Clock
 from consumer.record import SourceRecord
@@ -32,6 +32,14 @@ class DeadLetterSink(Protocol):
     async def write(self, record: SourceRecord, error: EventError) -> None: ...
 
 
+class BulkRoute(Protocol):
+    """The bulk transport as the pipeline sees it (consumer/bulk/transport.py)."""
+
+    def route(self, update: ProfileUpdate, record: SourceRecord, epoch: int) -> bool: ...
+
+    def single_started(self, key: tuple[str, str]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class EventRef:
     record: SourceRecord
@@ -40,6 +48,13 @@ class EventRef:
     @property
     def tp(self) -> TP:
         return (self.record.topic, self.record.partition)
+
+
+def _partition_of(source: Hashable) -> TP | None:
+    """The partition of a Coalescer source (topic, partition, epoch)."""
+    if isinstance(source, tuple):
+        return (source[0], source[1])
+    return None
 
 
 class Pipeline:
@@ -57,6 +72,7 @@ class Pipeline:
         max_in_flight: int,
         clock: Clock,
         wall_clock: Clock = time.time,
+        bulk: BulkRoute | None = None,
     ) -> None:
         """`clock` is monotonic (coalescing windows); `wall_clock` is epoch seconds, compared
         with Kafka record timestamps for the event-to-update latency."""
@@ -83,8 +99,16 @@ class Pipeline:
         self._skipped = metrics.events.labels("skipped")
         self._sending = 0
         self._abandoned = False
+        # Mapped updates go to bulk instead of the coalescer when it takes them: they leave
+        # `buffered` then (bulk bounds its held events itself).
+        self._bulk = bulk
 
     # --- intake ---------------------------------------------------------------------------
+
+    @property
+    def decoder(self) -> Decoder:
+        """The decode stage (the intake fetches unknown registry schemas through it first)."""
+        return self._decoder
 
     def submit(self, record: SourceRecord) -> None:
         """Take one consumed record; decode and map now, send later."""
@@ -115,8 +139,12 @@ class Pipeline:
             self._finish([ref])
             return
         self._mapped.inc()
+        if self._bulk is not None and self._to_bulk(update, ref):
+            return
         key = (update.identity_type, update.identity)
-        if self._coalescer.add(key, update.attributes, ref, self._clock()):
+        # One batch never mixes partitions or assignment epochs (see Coalescer).
+        source = (record.topic, record.partition, epoch)
+        if self._coalescer.add(key, update.attributes, ref, self._clock(), source):
             self._metrics.coalesced_events.inc()
         self._wake.set()
 
@@ -127,10 +155,13 @@ class Pipeline:
         while True:
             # Once abandoned, no new send starts: each cancelled one frees a slot, and without
             # this the dispatcher filled it with a request nobody would ever ack (found by the
-            # SIGTERM scenario in tests/reliability: twice max_in_flight reached Target past the commit).
+            # SIGTERM scenario in tests/reliability: twice max_in_flight reached Target past
+            # the commit).
             free = 0 if self._abandoned else self._max_in_flight - self._sending
             if free > 0:
                 for batch in self._coalescer.pop_ready(self._clock(), free):
+                    if self._bulk is not None:
+                        self._bulk.single_started(batch.key)
                     self._sending += 1
                     self._metrics.in_flight.set(self._sending)
                     self._sends[self._spawn(self._send(batch))] = batch.refs
@@ -143,42 +174,58 @@ class Pipeline:
                 pass
 
     async def _send(self, batch: Batch[EventRef]) -> None:
+        # The events neither finished nor given up yet: whatever ends this task (success,
+        # refusal, a bug, a cancellation in the middle of dead-lettering), each of them is
+        # acked, dead-lettered or released from `buffered` exactly once.
+        unfinished = list(batch.refs)
         try:
-            if self._handed_over(batch.refs):
+            if self._handed_over(unfinished):
                 # Its partitions now belong to another member, which re-reads these events
                 # from the commit and sends them in order: sending them here too could land an
                 # older value after its newer one (tests/reliability/test_handover.py).
-                self._add_buffered(-len(batch.refs))
                 return
-            requests = build_requests(
-                self._endpoint, batch.identity_type, batch.identity, batch.attributes
-            )
-            if len(requests) > 1:
-                self._metrics.split_requests.inc(len(requests) - 1)
-            for request in requests:
-                await self._deliver(request)
+            await self._deliver_batch(batch)
         except PermanentDeliveryError as exc:
             result = "exhausted" if exc.reason == "retries_exhausted" else "rejected"
             self._metrics.updates_sent.labels(result).inc()
-            await self._dead_letter(batch.refs, exc)
-        except asyncio.CancelledError:
-            if self._handed_over(batch.refs):  # cancelled by handover(): no longer ours
-                self._add_buffered(-len(batch.refs))
-            raise
+            await self._dead_letter(unfinished, exc)
+        except Exception as exc:
+            # A bug (ours or a library's), not Target's answer. Dead-lettering keeps the
+            # partition moving and the events replayable once it is fixed; leaving them
+            # unfinished froze that partition's commit with no signal at all.
+            log.error("send failed unexpectedly", exc_info=exc, extra={"event": "send_error"})
+            self._metrics.updates_sent.labels("error").inc()
+            error = PermanentDeliveryError("internal_error", f"{type(exc).__name__} while sending")
+            await self._dead_letter(unfinished, error)
         else:
             self._metrics.updates_sent.labels("success").inc()
-            self._observe_latency(batch.refs)
-            self._finish(batch.refs)
+            self._observe_latency(unfinished)
+            self._finish(unfinished)
+            unfinished.clear()
         finally:
+            if unfinished and self._handed_over(unfinished):
+                # Handed over (or cancelled by handover()): the next owner re-reads them.
+                self._add_buffered(-len(unfinished))
             self._coalescer.done(batch.key)
             self._sending -= 1
             self._metrics.in_flight.set(self._sending)
             self._wake.set()
 
+    async def _deliver_batch(self, batch: Batch[EventRef]) -> None:
+        requests = build_requests(
+            self._endpoint, batch.identity_type, batch.identity, batch.attributes
+        )
+        if len(requests) > 1:
+            self._metrics.split_requests.inc(len(requests) - 1)
+        for request in requests:
+            await self._deliver(request)
+
     async def _dead_letter(self, refs: list[EventRef], error: EventError) -> None:
-        for ref in refs:
-            await self._dlq.write(ref.record, error)
-            self._finish([ref])
+        """Write `refs` to the DLQ one by one, removing each from the list once finished (so
+        a caller cancelled half-way knows which are left)."""
+        while refs:
+            await self._dlq.write(refs[0].record, error)
+            self._finish([refs.pop(0)])
 
     # --- bookkeeping ----------------------------------------------------------------------
 
@@ -224,6 +271,45 @@ class Pipeline:
                 extra={"event": "task_failed"},
             )
 
+    # --- bulk -----------------------------------------------------------------------------
+
+    def _to_bulk(self, update: ProfileUpdate, ref: EventRef) -> bool:
+        """Offer the update to bulk; True when it is bulk's now (or dead-lettered)."""
+        assert self._bulk is not None  # noqa: S101 - narrowing for mypy
+        try:
+            taken = self._bulk.route(update, ref.record, ref.epoch)
+        except EventError as exc:  # an event no bulk batch may carry
+            self._spawn(self._dead_letter([ref], exc))
+            return True
+        if taken:
+            self._add_buffered(-1)
+        return taken
+
+    @property
+    def singles_in_flight(self) -> int:
+        return self._sending
+
+    def move_waiting_to_bulk(self) -> int:
+        """Switched to bulk: the single updates still waiting join the batches instead,
+        mapped again from their records, in the order read. Returns how many moved."""
+        refs = self._coalescer.drop(lambda _source: True)
+        refs.sort(key=lambda ref: (ref.tp, ref.record.offset))
+        for ref in refs:  # each stays in `buffered` until bulk takes or finishes it
+            try:
+                update = self._mapper.map(self._decoder.decode(ref.record.value))
+            except Exception as exc:  # it mapped a moment ago: only a bug lands here
+                error = PermanentDeliveryError("internal_error", f"{type(exc).__name__} remapping")
+                self._spawn(self._dead_letter([ref], error))
+                continue
+            if update is None:
+                self._finish([ref])
+            elif not self._to_bulk(update, ref):
+                key = (update.identity_type, update.identity)
+                source = (ref.tp[0], ref.tp[1], ref.epoch)
+                self._coalescer.add(key, update.attributes, ref, self._clock(), source)
+        self._wake.set()
+        return len(refs)
+
     # --- rebalance ------------------------------------------------------------------------
 
     async def handover(self, tps: set[TP], timeout: float) -> None:
@@ -232,6 +318,10 @@ class Pipeline:
         so their acks make the final commit and their writes land before the next owner's; then
         cancel the ones carrying only those partitions' events (the next owner re-sends them).
         """
+        # Their waiting batches go first: none of those events may reach Target from here any
+        # more, and a batch left behind would be sent if the partition came back.
+        dropped = self._coalescer.drop(lambda source: _partition_of(source) in tps)
+        self._add_buffered(-len(dropped))
         deadline = self._clock() + timeout
         while True:
             pending = [

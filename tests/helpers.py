@@ -11,11 +11,13 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from consumer import demo
 from consumer.app import App
-from consumer.avro import Encoder, load_schema
+from consumer.avro import load_schema
 from consumer.config import Settings
-from consumer.embedded import read_topic
+from devtools.broker import read_topic
+from devtools.encoder import Encoder
+from tests import reference
+from tests.oracles import assert_no_stale_overwrite, fetch_history
 
 ROOT_SCHEMA = "schemas/offline_transaction.avsc"
 
@@ -90,9 +92,18 @@ async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[App]:
         await asyncio.wait_for(task, 30)
 
 
-def expected_profiles(app: App, events: Iterable[dict[str, Any]]) -> dict[Any, dict[str, str]]:
-    """What Target must hold after these valid events (the demo's own check)."""
-    return demo.expected_profiles(app.stages.mapper, list(events))
+def expected_profiles(events: Iterable[dict[str, Any]]) -> dict[Any, dict[str, str]]:
+    """What Target must hold after these valid events, by the reference interpreter of
+    examples/mapping.yaml (tests/reference.py), never by the product's own mapper."""
+    return reference.expected_profiles(events)
+
+
+def assert_history_clean(simulator: Any, events: Iterable[dict[str, Any]]) -> None:
+    """No stale overwrite in everything the simulator accepted (tests/oracles.py), against
+    these events in produced order. `simulator`: a TargetSimulator or its URL (another
+    process: the history comes from its admin endpoint)."""
+    history = fetch_history(simulator) if isinstance(simulator, str) else simulator.received()
+    assert_no_stale_overwrite(history, reference.expected_updates(events))
 
 
 def finished(app: App, produced: int, topic: str) -> bool:

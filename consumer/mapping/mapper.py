@@ -10,7 +10,10 @@ Semantics:
   (the same "later rule wins" as attributes); its entries are tried in order and the first
   value that is not null, empty or blank wins. None: "no_identity". An mbox3rdPartyId longer
   than 256 characters or containing `+` or `/`: "invalid_identity" (no fallback to mboxPC:
-  the event is wrong, and sending it under another id would hide that);
+  the event is wrong, and sending it under another id would hide that); so is an mboxPC that
+  is not of a Target visitor id's characters (letters, digits, `.`, `_`, `-`; at most 128).
+  Leading and trailing whitespace is stripped from an identity before any of these checks
+  (a padded id would name another, non-existent profile);
 - a list or map value, or a function failing at run time: "invalid_value".
 
 Error messages name the rule, the attribute and the kind of problem, never the values: they
@@ -19,6 +22,7 @@ go to logs and DLQ headers, and values may be personal data.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -31,6 +35,12 @@ from consumer.mapping.loader import IdentitySource, Rule, RuleSet
 from consumer.mapping.render import render, render_value
 
 MAX_THIRD_PARTY_ID = 256
+# Target generates mboxPC (tntId) values itself: "1368007744041-575948.01_00" or a 32-digit hex
+# id with an edge suffix ("9f1c...e2.35_0"). Adobe documents no grammar, so only what neither
+# form can hold is refused: anything else (a space, '&', '/', non-ASCII) is not an id Target
+# gave out, and an update for it would be silently dropped as one for an unknown profile.
+MAX_PC_ID = 128
+_PC_ID = re.compile(r"[0-9A-Za-z._-]{1,%d}" % MAX_PC_ID)
 # What an expression or a function may raise on unexpected data (JMESPathError and
 # UnrenderableValueError are ValueErrors; comparing a number with a string is a TypeError).
 _EVALUATION_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
@@ -216,12 +226,19 @@ def _resolve_identity(sources: _Identity, event: dict[str, Any]) -> tuple[str, s
             raise MappingError(
                 "invalid_identity", f"{id_type} from {text}: {_describe(exc)}"
             ) from exc
-        if rendered is None or not rendered.strip():
+        if rendered is None:
+            continue
+        # Padding (a fixed-width source column) would reach Target as part of the id, which
+        # then names another profile, one that does not exist: update-only, so lost silently.
+        rendered = rendered.strip()
+        if not rendered:
             continue
         if id_type == "mbox3rdPartyId" and (
             len(rendered) > MAX_THIRD_PARTY_ID or "+" in rendered or "/" in rendered
         ):
             _refuse_third_party_id(rendered, text)
+        if id_type == "mboxPC" and _PC_ID.fullmatch(rendered) is None:
+            _refuse_pc_id(rendered, text)
         return id_type, rendered
     tried = ", ".join(f"{text} ({id_type})" for id_type, text, _ in sources)
     raise MappingError("no_identity", f"no identity value: tried {tried}; each was null or empty")
@@ -234,6 +251,14 @@ def _refuse_third_party_id(value: str, text: str) -> NoReturn:
         char = "+" if "+" in value else "/"
         problem = f"contains {char!r}, which Target does not allow"
     raise MappingError("invalid_identity", f"mbox3rdPartyId from {text} {problem}")
+
+
+def _refuse_pc_id(value: str, text: str) -> NoReturn:
+    if len(value) > MAX_PC_ID:
+        problem = f"has {len(value)} characters; a Target visitor id has at most {MAX_PC_ID}"
+    else:
+        problem = "is not a Target visitor id (letters, digits, '.', '_' and '-' only)"
+    raise MappingError("invalid_identity", f"mboxPC from {text} {problem}")
 
 
 def _describe(exc: Exception) -> str:

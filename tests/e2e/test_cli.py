@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-from consumer.app import App
 from devtools.samples import sample_events
 from tests.conftest import ROOT
-from tests.helpers import committed, encoder, event_key, expected_profiles, produce
+from tests.helpers import (
+    assert_history_clean,
+    committed,
+    encoder,
+    event_key,
+    expected_profiles,
+    produce,
+)
 
 pytestmark = pytest.mark.e2e
 CLI = str(Path(sys.executable).parent / "profile-consumer")
@@ -130,13 +135,14 @@ def test_run_stopped_by_sigterm_mid_stream_loses_nothing(
     first_run = simulator.accepted_count()
     # Restart: it resumes from the commit and finishes the stream.
     proc = start()
-    expected = expected_profiles(App(settings, registry=CollectorRegistry()), events)
+    expected = expected_profiles(events)
     assert simulator.wait_for(lambda s: s.profiles() == expected, timeout=90)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == ends
     assert first_run < simulator.accepted_count()
+    assert_history_clean(simulator, events)
 
 
 def test_demo_runs_the_whole_story_and_checks_itself() -> None:

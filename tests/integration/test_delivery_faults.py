@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.samples import sample_events
+from devtools.samples import sample_events
 from tests.helpers import (
+    assert_history_clean,
     committed,
     encoder,
     event_key,
@@ -54,7 +55,8 @@ async def test_faults_lose_nothing_and_dead_letter_nothing(
             for s in m.samples
             if s.name.endswith("_total")
         }
-    assert simulator.profiles() == expected_profiles(app, events)
+    assert simulator.profiles() == expected_profiles(events)
+    assert_history_clean(simulator, events)
     assert read_all(broker.bootstrap, topics["dlq"]) == []
     assert simulator.early_requests() == 0
     assert simulator.overlapping_requests() == 0  # never two requests for a profile at once
@@ -85,5 +87,6 @@ async def test_an_outage_opens_the_circuit_pauses_and_recovers(
         assert m.circuit_open._value.get() == 0
         # Resuming happens on the poll loop's next turn after the circuit closed.
         await wait_until(lambda: m.paused_partitions._value.get() == 0, 10)
-    assert simulator.profiles() == expected_profiles(app, events)
+    assert simulator.profiles() == expected_profiles(events)
+    assert_history_clean(simulator, events)
     assert read_all(broker.bootstrap, topics["dlq"]) == []

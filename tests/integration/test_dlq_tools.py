@@ -17,8 +17,9 @@ from consumer.config import Settings
 from consumer.dlq.headers import dlq_headers
 from consumer.errors import EventError, MappingError, PermanentDeliveryError
 from consumer.record import SourceRecord
-from consumer.samples import poison_event, sample_events
+from devtools.samples import poison_event, sample_events
 from tests.helpers import (
+    assert_history_clean,
     committed,
     encoder,
     event_key,
@@ -127,7 +128,8 @@ async def test_replay_one_reason_once_and_the_fixed_events_reach_target(
 
     async with running(settings) as app:
         await wait_until(lambda: finished(app, 6, topics["topic"]), 60)
-    assert simulator.profiles() == expected_profiles(app, events)
+    assert simulator.profiles() == expected_profiles(events)
+    assert_history_clean(simulator, events)
 
     # The filtered replay did not mark the other reason as handled: it is still there.
     code, out = cli(capsys, settings, "replay", "--reason", "no_identity")

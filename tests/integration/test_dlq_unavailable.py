@@ -17,9 +17,10 @@ import pytest
 from confluent_kafka import Producer
 
 from consumer.app import App
-from consumer.samples import sample_events
+from devtools.samples import sample_events
 from tests.conftest import FAST_GROUP
 from tests.helpers import (
+    assert_history_clean,
     committed,
     encoder,
     event_key,
@@ -113,7 +114,7 @@ async def test_a_missing_dlq_topic_holds_the_commit_until_it_exists(
 
     # Run 1: the DLQ is missing all along; the App is stopped (SIGTERM path) while it fails.
     async with running(settings) as app:
-        expected = expected_profiles(app, events)
+        expected = expected_profiles(events)
         m = app.metrics
         await wait_until(lambda: m.dlq_write_failures._value.get() >= 2, 30)
         # Every valid event is delivered, also those after the poison on its partition...
@@ -148,6 +149,7 @@ async def test_a_missing_dlq_topic_holds_the_commit_until_it_exists(
         await wait_until(lambda: m.buffered_events._value.get() == 0, 30)
         await wait_committed(broker.bootstrap, topics["group"], topics["topic"], ends)
     assert simulator.profiles() == expected  # nothing lost
+    assert_history_clean(simulator, events)
     dlq = read_all(broker.bootstrap, dlq_topic, expected=1)
     assert len(dlq) == 1
     h = headers_of(dlq[0])

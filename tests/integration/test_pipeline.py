@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from consumer.samples import poison_bytes, poison_event, sample_events
+from devtools.samples import poison_bytes, poison_event, sample_events
 from tests.helpers import (
+    assert_history_clean,
     committed,
     encoder,
     event_key,
@@ -35,7 +36,8 @@ async def test_valid_events_reach_target_and_offsets_are_committed(
     )
     async with running(settings) as app:
         await wait_until(lambda: finished(app, len(events), topics["topic"]), 60)
-    assert simulator.profiles() == expected_profiles(app, events)
+    assert simulator.profiles() == expected_profiles(events)
+    assert_history_clean(simulator, events)
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == ends
     assert read_all(broker.bootstrap, topics["dlq"]) == []
 
@@ -79,7 +81,8 @@ async def test_poison_reaches_the_dlq_with_its_reason_and_the_rest_flows(
     assert by_key[b"k5"].value() == bad[4][1]  # the original bytes, untouched
     assert int(h["original.offset"]) >= 0 and h["original.partition"].isdigit()
     assert headers_of(by_key[b"k1"])["error.stage"] == "decode"
-    assert simulator.profiles() == expected_profiles(app, good)
+    assert simulator.profiles() == expected_profiles(good)
+    assert_history_clean(simulator, good)
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == ends
 
 

@@ -25,11 +25,12 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from prometheus_client import CollectorRegistry
 
 from consumer.app import App
-from consumer.avro import Decoder, Encoder, load_schema
+from consumer.avro import Decoder, load_schema
 from consumer.config import Settings
 from consumer.errors import DecodeError
-from consumer.samples import poison_bytes, sample_event
 from consumer.target.request import build_requests
+from devtools.encoder import Encoder
+from devtools.samples import poison_bytes, sample_event
 from tests.conftest import SCHEMA_PATH
 from tests.helpers import committed, headers_of, read_all, wait_until
 

@@ -25,7 +25,7 @@ import yaml
 
 from consumer import __version__
 from consumer.config import Settings
-from consumer.samples import poison_bytes, poison_event, sample_events
+from devtools.samples import poison_bytes, poison_event, sample_events
 from tests.helpers import encoder, event_key, finished, produce, running, wait_until
 from tests.prometheus_server import PrometheusServer
 from tests.tools import require_tool

@@ -27,11 +27,12 @@ from typing import Any
 from confluent_kafka import Producer
 
 from consumer.config import Settings
-from consumer.samples import sample_events
-from consumer.simulator import TargetSimulator
-from consumer.stages import build_stages
+from devtools.samples import sample_events
+from devtools.simulator import TargetSimulator
 from tests.conftest import ROOT
 from tests.helpers import encoder, event_key
+from tests.oracles import assert_no_stale_overwrite, assert_regressions_corrected
+from tests.reference import expected_updates, reference_update
 
 CLI = str(Path(sys.executable).parent / "profile-consumer")
 
@@ -81,17 +82,26 @@ class Stream:
 
     @classmethod
     def of(cls, settings: Settings, events: list[dict[str, Any]]) -> Stream:
-        mapper = build_stages(settings).mapper
+        """Expectations from the reference interpreter (tests/reference.py), not the product's
+        mapper: the scenarios run the example rules (`settings` is kept for the callers)."""
         expected: dict[Key, dict[str, str]] = {}
         keys: list[Key] = []
         for event in events:
-            update = mapper.map(event)
+            update = reference_update(event)
             assert update is not None, "every stream event must map"
-            key = (update.identity_type, update.identity)
+            key, attributes = update
             keys.append(key)
-            expected.setdefault(key, {}).update(update.attributes)
+            expected.setdefault(key, {}).update(attributes)
         counts = Counter(keys)
         return cls(events, expected, keys, {k for k, n in counts.items() if n == 1})
+
+    def assert_no_stale_overwrite(self, simulator: TargetSimulator) -> None:
+        """No scenario without a crash may ever set an older value over a newer one."""
+        assert_no_stale_overwrite(simulator.received(), expected_updates(self.events))
+
+    def assert_regressions_corrected(self, simulator: TargetSimulator) -> None:
+        """After kill -9: replay may re-send older values, but must correct each one."""
+        assert_regressions_corrected(simulator.received(), expected_updates(self.events))
 
     def encoded(self, settings: Settings) -> Iterator[tuple[bytes, bytes]]:
         return self.encode(settings, self.events)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from consumer.embedded import EmbeddedBroker, free_port
+from devtools.broker import EmbeddedBroker, free_port
 from tests.helpers import committed
 from tests.reliability.harness import (
     COMMON,
@@ -91,6 +91,7 @@ def test_broker_hang_makes_it_unready_then_it_recovers_losing_nothing(
     assert wait_for_profiles(simulator, stream.expected, 90), differences(
         simulator.profiles(), stream.expected
     )
+    stream.assert_no_stale_overwrite(simulator)
     code, _ = process.terminate()
     assert code == 0
     assert committed(own_broker.bootstrap, topics["group"], topics["topic"]) == result[0].ends
@@ -134,6 +135,7 @@ def test_broker_absent_at_start_then_it_recovers(
         assert wait_for_profiles(simulator, stream.expected, 60), differences(
             simulator.profiles(), stream.expected
         )
+        stream.assert_no_stale_overwrite(simulator)
         code, _ = process.terminate()
         assert code == 0
         assert committed(late.bootstrap, topics["group"], topics["topic"]) == produced.ends

@@ -69,6 +69,7 @@ def test_kill_9_at_random_moments_loses_nothing(
     assert wait_for_profiles(simulator, stream.expected, 180), differences(
         simulator.profiles(), stream.expected
     )
+    stream.assert_regressions_corrected(simulator)
     code, _ = final.terminate()
     assert code == 0
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == produced.ends

@@ -96,6 +96,7 @@ def test_sigterm_under_load_commits_finished_work_and_resends_only_in_flight(
     assert wait_for_profiles(simulator, stream.expected, 120), differences(
         simulator.profiles(), stream.expected
     )
+    stream.assert_no_stale_overwrite(simulator)
     code, _ = second.terminate()
     assert code == 0
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == produced.ends

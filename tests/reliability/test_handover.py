@@ -17,8 +17,8 @@ from consumer.kafka.offsets import OffsetTracker
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.record import SourceRecord
-from consumer.samples import sample_events
 from consumer.stages import build_stages
+from devtools.samples import sample_events
 from tests.conftest import RULES_PATH, SCHEMA_PATH
 from tests.helpers import encoder
 

@@ -105,6 +105,7 @@ def test_scaling_3_1_3_under_load_loses_nothing_and_keeps_the_last_value(
     assert wait_for_profiles(simulator, stream.expected, 120), differences(
         simulator.profiles(), stream.expected
     )
+    stream.assert_no_stale_overwrite(simulator)
     for member in members:
         code, took = member.terminate()
         assert code == 0

@@ -320,7 +320,7 @@ def identity_update(mapper: Mapper, third: Any, pc: Any) -> ProfileUpdate | None
         ("c1", None, ("mbox3rdPartyId", "c1")),
         ("x" * 256, None, ("mbox3rdPartyId", "x" * 256)),
         ("a=b&c d%", None, ("mbox3rdPartyId", "a=b&c d%")),
-        (None, "pc+/1", ("mboxPC", "pc+/1")),  # the limits are mbox3rdPartyId's only
+        (None, "pc.1_-2", ("mboxPC", "pc.1_-2")),  # mboxPC: see test_pipeline_identities.py
     ],
 )
 def test_first_non_empty_identity_wins(tmp_path: Path, third: Any, pc: Any, expected: Any) -> None:

@@ -1,0 +1,225 @@
+"""A randomized schedule search over the real Pipeline, OffsetTracker and Coalescer.
+
+Hypothesis drives one member (tests/pipeline_rig.py: fake clock, a fake Target answered by the
+rules) through assignments, revocations, lost partitions, records read, sends accepted, refused
+or failing with a bug, and time passing. When a partition leaves, "another member" reads it
+from the group's commit and writes every one of its events, in order, as the next owner does.
+
+Invariants, after every step:
+- commit never passes an unfinished event: every offset below what the tracker would commit
+  (and below the group's commit) was written to Target, dead-lettered or handled by the other
+  member;
+- no stale overwrite in Target's history (tests/oracles.py);
+and at the end, no stall: when the input stops and every send is answered, every event read
+finishes and `buffered` returns to 0.
+
+Each event sets one of the profile's shared attributes (`v` or `w`) to a value of its own, plus
+an attribute named after its position, so each accepted request says which events it carried
+(and a stale `v` can ride in a request for a newer `w`, as in production).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tests.oracles import assert_no_stale_overwrite
+from tests.pipeline_rig import TOPIC, Rig
+
+pytestmark = pytest.mark.unit
+
+PARTITIONS = (0, 1)
+# Each profile's events go to one partition, as a keyed producer does.
+PROFILES = {0: [("mbox3rdPartyId", "a"), ("mbox3rdPartyId", "b")], 1: [("mboxPC", "c-1")]}
+
+
+def pick(items: list[Any], index: int) -> Any:
+    return items[index % len(items)]
+
+
+def marker(partition: int, offset: int) -> str:
+    return f"e{partition}_{offset}"
+
+
+class Schedules(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.rig = Rig(window=1.0, max_in_flight=2)
+        self.run(self.rig.__aenter__())
+        # The partitions' logs: (profile, attributes) per offset, and the group's commit.
+        self.logs: dict[int, list[tuple[tuple[str, str], dict[str, str]]]] = {
+            p: [] for p in PARTITIONS
+        }
+        self.committed = dict.fromkeys(PARTITIONS, 0)
+        self.done: set[tuple[int, int]] = set()  # (partition, offset) finished by anyone
+        self.owned: set[int] = set()
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        try:
+            self.quiesce()
+        finally:
+            self.run(self.rig.__aexit__(None, None, None))
+            self.loop.close()
+
+    # --- the group ------------------------------------------------------------------------
+
+    def unowned(self) -> list[int]:
+        return [p for p in PARTITIONS if p not in self.owned]
+
+    # Preconditions keep every step meaningful: a step that does nothing wastes the search.
+    @precondition(lambda self: self.unowned())
+    @rule(index=st.integers(0, 1))
+    def assign(self, index: int) -> None:
+        partition = pick(self.unowned(), index)
+        self.owned.add(partition)
+        self.rig.assign(partition, at={partition: self.committed[partition]})
+
+    @precondition(lambda self: self.owned)
+    @rule(index=st.integers(0, 1), lost=st.booleans())
+    def revoke(self, index: int, lost: bool) -> None:
+        partition = pick(sorted(self.owned), index)
+        self.owned.discard(partition)
+        final = self.run(self.rig.revoke(partition, lost=lost))
+        if not lost and (TOPIC, partition) in final:
+            self.committed[partition] = final[(TOPIC, partition)]
+        self.other_member_takes(partition)
+
+    @precondition(lambda self: self.owned)
+    @rule(
+        index=st.integers(0, 1),
+        lost=st.booleans(),
+        newer=st.lists(st.tuples(st.integers(0, 1), st.sampled_from("vw")), max_size=2),
+    )
+    def bounce(self, index: int, lost: bool, newer: list[tuple[int, str]]) -> None:
+        """The partition leaves, its next owner writes `newer` records too, and it comes back:
+        the schedule where a batch left waiting would carry a stale value."""
+        partition = pick(sorted(self.owned), index)
+        self.revoke(index, lost)
+        for which, attribute in newer:
+            self.produce(partition, which, attribute)
+        self.other_member_takes(partition)
+        self.owned.add(partition)
+        self.rig.assign(partition, at={partition: self.committed[partition]})
+
+    def other_member_takes(self, partition: int) -> None:
+        """The next owner re-reads from the commit and writes each event, in order."""
+        log = self.logs[partition]
+        for offset in range(self.committed[partition], len(log)):
+            key, attributes = log[offset]
+            self.rig.target.write(key, attributes)
+            self.done.add((partition, offset))
+        self.committed[partition] = len(log)
+
+    # --- records and sends ----------------------------------------------------------------
+
+    @precondition(lambda self: self.owned)
+    @rule(index=st.integers(0, 1), which=st.integers(0, 1), attribute=st.sampled_from("vw"))
+    def read(self, index: int, which: int, attribute: str) -> None:
+        """Read the partition's next record (producing it first when at the end)."""
+        partition = pick(sorted(self.owned), index)
+        log = self.logs[partition]
+        offset = self.rig.offsets[partition]
+        if offset == len(log):
+            self.produce(partition, which, attribute)
+        key, attributes = log[offset]
+        self.rig.submit(partition, key, offset=offset, **attributes)
+
+    @precondition(lambda self: self.unowned())
+    @rule(index=st.integers(0, 1), which=st.integers(0, 1), attribute=st.sampled_from("vw"))
+    def elsewhere(self, index: int, which: int, attribute: str) -> None:
+        """A new record of a partition another member owns: it writes it and commits."""
+        partition = pick(self.unowned(), index)
+        self.produce(partition, which, attribute)
+        self.other_member_takes(partition)
+
+    def produce(self, partition: int, which: int, attribute: str) -> None:
+        log = self.logs[partition]
+        profiles = PROFILES[partition]
+        key = profiles[which % len(profiles)]
+        offset = len(log)
+        log.append((key, {attribute: f"{partition}-{offset}", marker(partition, offset): "1"}))
+
+    @precondition(lambda self: self.rig.target.open_calls())
+    @rule(index=st.integers(0, 7), outcome=st.sampled_from(["accept", "accept", "refuse", "bug"]))
+    def answer(self, index: int, outcome: str) -> None:
+        call = pick(self.rig.target.open_calls(), index)
+        if outcome == "accept":
+            self.rig.target.accept(call)
+        elif outcome == "refuse":
+            self.rig.target.refuse(call)
+        else:
+            self.rig.target.crash(call)
+        self.run(self.rig.settle())
+
+    @rule(held=st.booleans())
+    def dlq_speed(self, held: bool) -> None:
+        """A held DLQ keeps refused sends waiting in the middle of dead-lettering."""
+        if held:
+            self.rig.dlq.hold()
+        else:
+            self.rig.dlq.release()
+            self.run(self.rig.settle())
+
+    @rule(seconds=st.sampled_from([0.0, 0.5, 1.0, 2.0]))
+    def advance(self, seconds: float) -> None:
+        self.run(self.rig.advance(seconds))
+
+    # --- invariants -----------------------------------------------------------------------
+
+    def finished(self) -> set[tuple[int, int]]:
+        done = set(self.done)
+        for entry in self.rig.target.history:
+            for name in entry["attributes"]:
+                if name.startswith("e"):
+                    partition, offset = name[1:].split("_")
+                    done.add((int(partition), int(offset)))
+        done |= {(r.partition, r.offset) for r, _ in self.rig.dlq.written}
+        return done
+
+    @invariant()
+    def commit_never_passes_an_unfinished_event(self) -> None:
+        finished = self.finished()
+        commits = {tp[1]: offset for tp, offset in self.rig.tracker.committable().items()}
+        for partition in PARTITIONS:
+            upto = max(commits.get(partition, 0), self.committed[partition])
+            missing = [o for o in range(upto) if (partition, o) not in finished]
+            assert not missing, f"partition {partition}: commit {upto} passes unfinished {missing}"
+
+    @invariant()
+    def no_stale_overwrite(self) -> None:
+        updates = [update for p in PARTITIONS for update in self.logs[p]]
+        assert_no_stale_overwrite(self.rig.target.history, updates)
+
+    @invariant()
+    def buffered_is_never_negative(self) -> None:
+        assert self.rig.pipeline.buffered >= 0
+
+    def quiesce(self) -> None:
+        """No stall: with no more input, answering every send finishes every event read."""
+        self.rig.dlq.release()
+        for _ in range(200):
+            calls = self.rig.target.open_calls()
+            if not calls and self.rig.pipeline.buffered == 0:
+                break
+            for call in calls:
+                self.rig.target.accept(call)
+            self.run(self.rig.advance(1.0))
+        assert self.rig.pipeline.buffered == 0, "stalled: events still buffered"
+        self.commit_never_passes_an_unfinished_event()
+        self.no_stale_overwrite()
+        read = {(tp[1], o) for tp, o in self.rig.tracker.committable().items()}
+        for partition, offset in read:
+            assert offset == self.rig.offsets[partition], "an owned partition's commit is behind"
+
+
+Schedules.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+TestSchedules = Schedules.TestCase
