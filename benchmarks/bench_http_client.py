@@ -1,14 +1,16 @@
-"""HTTP client cost per request on the send path: httpx's own transport against httpx-aiohttp.
+"""HTTP client cost per request on the send path: httpx over httpcore against httpx over aiohttp.
 
 The send path is `httpx.AsyncClient` (consumer/target/http.py); its transport is chosen by this
 measurement. Each contender is the App's client as `open_client` builds it (the Retry-After
 hold's hooks, the stale-connection retry, the bounded raw read), with only the transport below
 httpx changed:
 
-- `httpcore (open_client)`   httpx.AsyncHTTPTransport with tuned Limits: what the App runs
-- `httpcore, no trace`       the same without httpcore's `trace` extension (so without the
-                             stale-connection retry): what that retry's bookkeeping costs
-- `httpx-aiohttp`            httpx_aiohttp.AiohttpTransport, same limits, same TLS context
+- `httpcore (open_client)`   `target.http_transport: httpcore`: httpx.AsyncHTTPTransport with
+                             tuned Limits (the fallback)
+- `aiohttp (open_client)`    `target.http_transport: aiohttp` (the default):
+                             consumer/target/aiohttp_transport.py over our aiohttp session
+- `httpx-aiohttp as shipped` httpx_aiohttp.AiohttpTransport unmended, same limits and TLS
+                             context: what the mending costs
 - `httpx defaults`           a bare `httpx.AsyncClient().get()`, the reference
 
 CPU is this process's (the simulator runs in its own process, --latency, 20 ms by default, as
@@ -41,6 +43,8 @@ from consumer.target.tls import tls_context
 from consumer.target.transport import HeldTransport
 
 IN_FLIGHT = 16
+CORE = "httpcore (open_client)"
+AIO = "aiohttp (open_client)"
 Send = Callable[[str], Awaitable[int]]
 
 
@@ -75,29 +79,9 @@ async def drive(send: Send, targets: list[str]) -> tuple[float, float]:
     return len(targets) / wall, cpu / len(targets) * 1e6
 
 
-class UntracedTransport(HeldTransport):
-    """HeldTransport without the `trace` extension and so without the stale-connection retry."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._hold is not None:
-            await self._hold.before_send()
-        response = await self._pooled.handle_async_request(request)
-        if self._hold is not None:
-            self._hold.on_answer(response.status_code, response.headers)
-        return response
-
-
-def untraced_client(settings: Settings, hold: RetryAfterHold) -> TargetHttp:
-    """open_client's client, its transport swapped for UntracedTransport (same pools)."""
-    client = open_client(settings, hold=hold, environ={})
-    held = client._client._transport
-    assert isinstance(held, HeldTransport)
-    client._client._transport = UntracedTransport(pooled=held._pooled, fresh=held._fresh, hold=hold)
-    return client
-
-
-def aiohttp_client(settings: Settings, hold: RetryAfterHold) -> TargetHttp:
-    """open_client's client with httpx-aiohttp below httpx instead of httpcore."""
+def as_shipped(settings: Settings, hold: RetryAfterHold) -> TargetHttp:
+    """open_client's client over httpx_aiohttp.AiohttpTransport as it ships (its own session,
+    its error mapping, aiohttp's own resend on): what our mending costs or saves."""
     context = tls_context(settings, environ={})
 
     def transport(keepalive: int) -> AiohttpTransport:
@@ -115,34 +99,30 @@ def aiohttp_client(settings: Settings, hold: RetryAfterHold) -> TargetHttp:
 
 
 async def contenders(base: str) -> dict[str, tuple[Send, Callable[[], Awaitable[None]]]]:
-    settings = Settings.model_validate(
-        {"target": {"base_url": base, "max_in_flight": IN_FLIGHT, "timeout_seconds": 10.0}}
-    )
+    def settings(transport: str) -> Settings:
+        target = {"base_url": base, "max_in_flight": IN_FLIGHT, "timeout_seconds": 10.0}
+        return Settings.model_validate({"target": {**target, "http_transport": transport}})
+
     clock = asyncio.get_running_loop().time
     hold = RetryAfterHold(QuotaGate(10**9, 86_400, "eager", clock=clock), clock)
-    core = open_client(settings, hold=hold, environ={})
-    untraced = untraced_client(settings, hold)
-    aio = aiohttp_client(settings, hold)
+    clients = {
+        CORE: open_client(settings("httpcore"), hold=hold, environ={}),
+        AIO: open_client(settings("aiohttp"), hold=hold, environ={}),
+        "httpx-aiohttp as shipped": as_shipped(settings("aiohttp"), hold),
+    }
     plain = httpx.AsyncClient(timeout=10, trust_env=False)
 
-    async def via_core(url: str) -> int:
-        return (await core.request("GET", url)).status
+    def via(client: TargetHttp) -> Send:
+        async def send(url: str) -> int:
+            return (await client.request("GET", url)).status
 
-    async def via_untraced(url: str) -> int:
-        return (await untraced.request("GET", url)).status
-
-    async def via_aio(url: str) -> int:
-        return (await aio.request("GET", url)).status
+        return send
 
     async def via_plain(url: str) -> int:
         return (await plain.get(url)).status_code
 
-    return {
-        "httpcore (open_client)": (via_core, core.aclose),
-        "httpcore, no trace": (via_untraced, untraced.aclose),
-        "httpx-aiohttp": (via_aio, aio.aclose),
-        "httpx defaults": (via_plain, plain.aclose),
-    }
+    runs = {label: (via(client), client.aclose) for label, client in clients.items()}
+    return {**runs, "httpx defaults": (via_plain, plain.aclose)}
 
 
 async def main_async(base: str, requests: int, repeat: int) -> dict[str, list[tuple[float, float]]]:
@@ -174,16 +154,16 @@ def main() -> None:
         label: (statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs))
         for label, runs in results.items()
     }
-    core_cpu = medians["httpcore (open_client)"][1]
+    core_cpu = medians[CORE][1]
     for label, (rate, cpu) in medians.items():
         print(
             f"{label:<24}: {rate:8,.0f} requests/s  CPU {cpu:6.0f} us/request  "
             f"CPU ratio to httpcore {cpu / core_cpu:5.2f}"
         )
-    candidates = ("httpcore (open_client)", "httpx-aiohttp")
-    faster = min(candidates, key=lambda label: medians[label][1])
-    print(f"RATIO httpx-aiohttp CPU / httpcore: {medians['httpx-aiohttp'][1] / core_cpu:.2f}")
-    print(f"cheaper transport by CPU: {faster} (the App runs httpcore: see docs/performance.md)")
+    faster = min((CORE, AIO), key=lambda label: medians[label][1])
+    print(f"RATIO aiohttp CPU / httpcore: {medians[AIO][1] / core_cpu:.2f}")
+    default = Settings().target.http_transport
+    print(f"cheaper transport by CPU: {faster}; the App's default: {default}")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ class TargetSettings(_Section):
     # A forward proxy URL; credentials as ${ENV} references (consumer/target/proxy.py).
     # Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY decide.
     proxy: SecretStr | None = None
+    # What carries httpx's requests (docs/performance.md section 2): httpcore is the fallback.
+    http_transport: Literal["aiohttp", "httpcore"] = "aiohttp"
     # auto: single updates for live traffic, the Bulk API for backlogs (docs/quota.md).
     transport: Literal["auto", "single", "bulk"] = "auto"
 
@@ -163,6 +165,18 @@ class BulkSettings(_Section):
     status_timeout_seconds: float = Field(3600.0, gt=0)
     max_resubmits: int = Field(3, ge=0)
     request_timeout_seconds: float = Field(300.0, gt=0)
+    # auto stays in a mode at least this long after a switch, so a backlog near the threshold
+    # cannot make it flap.
+    min_dwell_seconds: float = Field(60.0, ge=0)
+    # Events read and held for batches whose status is not final (compact: ~100 bytes each);
+    # past it, partitions pause until batches complete. Apart from max_buffered_events so a
+    # batch can fill to max_rows.
+    max_held_events: int = Field(1_000_000, ge=1)
+    # Adobe's override caveat: a later v2 batch replaces what an earlier one set for the same
+    # profile, so rows carry the attributes bulk sent for that profile within this horizon
+    # (since its last single update), for at most carry_max_profiles profiles.
+    carry_horizon_seconds: float = Field(86_400.0, ge=0)
+    carry_max_profiles: int = Field(500_000, ge=0)
 
     def batch_rows(self) -> int:
         """Rows a batch may hold: a batch larger than the daily budget could never be sent."""

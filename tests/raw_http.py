@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from consumer.config import Settings
 from consumer.target.http import TargetHttp, open_client
 from consumer.target.transport import Hold
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+# The transport `client_for` builds on when a test names none (`each_transport` sets it).
+TRANSPORT: str | None = None
 # Inside `Script.answer`: which connection (1, 2, ...) the request came on.
 CONNECTION: contextvars.ContextVar[int] = contextvars.ContextVar("connection", default=0)
 
@@ -114,8 +119,16 @@ async def _write(writer: asyncio.StreamWriter, data: bytes, chunk: int) -> None:
         await asyncio.sleep(0)
 
 
+@pytest.fixture(autouse=True, params=["aiohttp", "httpcore"])
+def each_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Imported by a test module: its tests run over both transports below httpx."""
+    monkeypatch.setattr(sys.modules[__name__], "TRANSPORT", request.param)
+    return str(request.param)
+
+
 def settings_for(url: str, **target: Any) -> Settings:
-    return Settings.model_validate({"target": {"base_url": url, **target}})
+    chosen = {} if TRANSPORT is None else {"http_transport": TRANSPORT}
+    return Settings.model_validate({"target": {"base_url": url, **chosen, **target}})
 
 
 def client_for(

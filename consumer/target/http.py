@@ -1,11 +1,14 @@
 """The send path's HTTP client: one httpx.AsyncClient for the process, HTTP/1.1, bounded.
 
-httpx (over httpcore and h11) does the protocol; this module chooses its settings and bounds:
+httpx is its API; the protocol is done by the transport `target.http_transport` names below it:
+aiohttp (the default, consumer/target/aiohttp_transport.py, about 0.4x the CPU per request) or
+httpcore with h11 (httpx's own). This module chooses their settings and bounds, alike for both:
 - at most `target.max_in_flight` connections; idle ones expire after KEEPALIVE_EXPIRY;
 - one deadline, `target.timeout_seconds`, for the whole exchange (waiting for a connection,
   connecting, sending, reading the answer), so a peer trickling bytes cannot hold a request;
 - answers are read raw (no decompression: we ask for `identity`) up to MAX_BODY bytes, then
-  the connection is dropped; h11 bounds heads and chunk-size lines (100 KB in httpcore);
+  the connection is dropped; h11 bounds heads and chunk-size lines (100 KB in httpcore),
+  aiohttp's parser header lines (8,190 bytes);
 - TLS through consumer.target.tls; a forward proxy chosen by consumer.target.proxy.
 It raises HttpTimeout or HttpConnectionError (consumer.errors); an HTTP error status is an
 Answer like any other. Error messages carry no URL: it holds the profile identity.
@@ -25,6 +28,7 @@ import httpx
 
 from consumer.config import Settings
 from consumer.errors import HttpConnectionError, HttpTimeout
+from consumer.target.aiohttp_transport import SendPathAiohttpTransport, session_factory
 from consumer.target.proxy import choose_proxy, mask
 from consumer.target.tls import tls_context
 from consumer.target.transport import UNHELD, HeldTransport, Hold
@@ -114,20 +118,15 @@ def open_client(
     proxy = choose_proxy(target.url(), configured, environ)
     context = tls_context(settings, environ=environ)
 
-    def transport(keepalive: int) -> httpx.AsyncHTTPTransport:
-        limits = httpx.Limits(
-            max_connections=target.max_in_flight,
-            max_keepalive_connections=keepalive,
-            keepalive_expiry=KEEPALIVE_EXPIRY,
-        )
-        via = _proxy(proxy, context) if proxy else None
-        # HTTP/1.1 only, as the ALPN offer in tls.py says; no retries of httpcore's own: the one
-        # retry we allow is HeldTransport's, on a reused connection only.
-        return httpx.AsyncHTTPTransport(
-            verify=context, limits=limits, proxy=via, http1=True, http2=False, retries=0
-        )
-
-    held = HeldTransport(pooled=transport(target.max_in_flight), fresh=transport(0), hold=hold)
+    via = _proxy(proxy, context) if proxy else None
+    build = _aiohttp if target.http_transport == "aiohttp" else _httpcore
+    # The pool, and a second one for the one retry after a reused connection failed: it keeps
+    # no idle connection, so that retry cannot land on another stale one.
+    held = HeldTransport(
+        pooled=build(target.max_in_flight, context, via, keepalive=True),
+        fresh=build(target.max_in_flight, context, via, keepalive=False),
+        hold=hold,
+    )
     token = target.token.get_secret_value() if target.token is not None else None
     headers = {"User-Agent": "profile-consumer", "Accept-Encoding": "identity"}
     if token:
@@ -141,9 +140,37 @@ def open_client(
     )
     log.info(
         "target client ready",
-        extra={"event": "target_client", "proxy": mask(proxy) if proxy else "none"},
+        extra={
+            "event": "target_client",
+            "proxy": mask(proxy) if proxy else "none",
+            "http_transport": target.http_transport,
+        },
     )
     return TargetHttp(client=client, timeout=target.timeout_seconds)
+
+
+def _httpcore(
+    size: int, context: ssl.SSLContext, proxy: httpx.Proxy | None, *, keepalive: bool
+) -> httpx.AsyncBaseTransport:
+    limits = httpx.Limits(
+        max_connections=size,
+        max_keepalive_connections=size if keepalive else 0,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
+    # HTTP/1.1 only, as the ALPN offer in tls.py says; no retries of httpcore's own: the one
+    # retry we allow is HeldTransport's, on a reused connection only.
+    return httpx.AsyncHTTPTransport(
+        verify=context, limits=limits, proxy=proxy, http1=True, http2=False, retries=0
+    )
+
+
+def _aiohttp(
+    size: int, context: ssl.SSLContext, proxy: httpx.Proxy | None, *, keepalive: bool
+) -> httpx.AsyncBaseTransport:
+    # KEEPALIVE_EXPIRY is read here, not bound at import, so tests can shorten it.
+    expiry = KEEPALIVE_EXPIRY if keepalive else None
+    session = session_factory(limit=size, keepalive=expiry, context=context)
+    return SendPathAiohttpTransport(session=session, context=context, proxy=proxy)
 
 
 def _proxy(url: str, context: ssl.SSLContext) -> httpx.Proxy:

@@ -21,7 +21,13 @@ from consumer.target.client import TargetClient
 from consumer.target.delivery import CircuitBreaker, Delivery
 from consumer.target.http import TargetHttp
 from consumer.target.request import TargetRequest
-from tests.raw_http import CONNECTION, Script, client_for, raw_server
+from tests.raw_http import (
+    CONNECTION,
+    Script,
+    client_for,
+    each_transport,  # noqa: F401  (autouse: both transports)
+    raw_server,
+)
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20

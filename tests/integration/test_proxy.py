@@ -28,7 +28,10 @@ from consumer.target.http import TargetHttp
 from consumer.target.request import build_requests, endpoint
 from devtools.broker import free_port
 from devtools.simulator import SimulatorConfig, TargetSimulator
-from tests.raw_http import client_for
+from tests.raw_http import (
+    client_for,
+    each_transport,  # noqa: F401  (autouse: both transports)
+)
 
 pytestmark = pytest.mark.integration
 PPROXY = str(Path(sys.executable).with_name("pproxy"))

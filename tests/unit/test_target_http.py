@@ -11,7 +11,14 @@ from consumer.errors import HttpConnectionError, HttpTimeout
 from consumer.target import http
 from devtools.broker import free_port
 from devtools.simulator import SimulatorConfig, TargetSimulator
-from tests.raw_http import OK, Script, Tally, client_for, raw_server
+from tests.raw_http import (
+    OK,
+    Script,
+    Tally,
+    client_for,
+    each_transport,  # noqa: F401  (autouse: both transports)
+    raw_server,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -263,8 +270,12 @@ async def test_idle_connections_expire(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_a_body_over_the_cap_is_an_error_and_drops_the_connection() -> None:
-    big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (http.MAX_BODY + 1)
-    answers = iter([big + b"x" * (http.MAX_BODY + 1), OK])
+    # Far over the cap: aiohttp hands a connection back to its pool once a body has fully
+    # arrived, read or not, so a body just over the cap could be complete (and its connection
+    # clean) by the time the cap is hit. This one cannot have arrived whole.
+    size = 16 * http.MAX_BODY
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+    answers = iter([big + b"x" * size, OK])
     script = Script(lambda head: next(answers))
     async with raw_server(script) as url:
         client = client_for(url)
@@ -302,3 +313,19 @@ async def test_against_the_simulator_get_post_and_its_token_check() -> None:
     assert refused.status == 401
     assert profiles[("mbox3rdPartyId", "c1")] == {"a": "&x"}
     assert profiles[("mbox3rdPartyId", "c2")] == {"b": "2"}
+
+
+async def test_no_request_is_sent_twice_below_our_retry() -> None:
+    # aiohttp resends an idempotent request by itself when its connection fails; the send
+    # path turns that off (consumer/target/aiohttp_transport.py). An aiohttp whose resend
+    # escapes that switch fails here: a GET or a POST on a fresh connection the peer hangs up
+    # on must reach it once, and be reported as a hang-up, not as a timeout.
+    script = Script(lambda head: None)
+    async with raw_server(script) as url:
+        client = client_for(url)
+        for method in ("GET", "POST"):
+            with pytest.raises(HttpConnectionError, match="RemoteProtocolError"):
+                await client.request(method, f"{url}/a", b"x=1" if method == "POST" else b"")
+        await client.aclose()
+    assert [r.split(b" ")[0] for r in script.requests] == [b"GET", b"POST"]
+    assert script.connections == 2
