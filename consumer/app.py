@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
+from consumer.bulk.transport import BulkTransport, open_bulk_transport
 from consumer.config import Settings
 from consumer.dlq.writer import DeadLetterWriter
 from consumer.intake import Intake
@@ -27,11 +28,11 @@ from consumer.metrics import Metrics
 from consumer.ops_server import OpsServer
 from consumer.pipeline import Pipeline
 from consumer.quota.publisher import publish_forever, publish_static
-from consumer.quota.shared import open_shared_gate
+from consumer.quota.shared import SharedQuotaGate, open_shared_gate, replica_id
 from consumer.stages import build_stages
 from consumer.target.client import RetryAfterHold, TargetClient
 from consumer.target.delivery import CircuitBreaker, Delivery
-from consumer.target.http import open_client
+from consumer.target.http import TargetHttp, open_client
 
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -53,6 +54,7 @@ class App:
         self.stages = build_stages(settings, schema_registry=schema_registry)
         self.ops: OpsServer | None = None
         self.source: KafkaSource | None = None
+        self.bulk: BulkTransport | None = None
         self._intake: Intake | None = None
         self._quota_health: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
         self._started = time.monotonic()
@@ -77,6 +79,42 @@ class App:
 
     def _publish_ready(self) -> None:
         self.metrics.ready.set(int(self.ready()[0]))
+
+    # --- bulk ------------------------------------------------------------------------------
+
+    async def _open_bulk(
+        self,
+        http: TargetHttp,
+        gate: SharedQuotaGate,
+        tracker: OffsetTracker,
+        dlq: DeadLetterWriter,
+        source: KafkaSource,
+        clock: Callable[[], float],
+    ) -> BulkTransport | None:
+        """The bulk transport, unless `target.transport: single` (then nothing of it runs)."""
+        if self.settings.target.transport == "single":
+            return None
+        return await open_bulk_transport(
+            self.settings,
+            http=http,
+            gate=gate,
+            tracker=tracker,
+            dlq=dlq,
+            metrics=self.metrics.bulk,
+            kafka_config=producer_config(self.settings),
+            lag=source.unread,
+            clock=clock,
+            replica=replica_id(),
+        )
+
+    async def _stop_bulk(self, bulk: BulkTransport, timeout: float) -> None:
+        """Batches not final by then stay unacked: their events are read and sent again."""
+        if not await bulk.drain(timeout):
+            log.warning(
+                "shutdown timeout: bulk batches not final (their events will be re-sent)",
+                extra={"event": "bulk_abandoned", "held": bulk.sender.held},
+            )
+        await bulk.close()
 
     # --- run -------------------------------------------------------------------------------
 
@@ -112,6 +150,11 @@ class App:
         tracker = OffsetTracker()
         dlq = DeadLetterWriter(producer_config(s), s.kafka.dlq_topic, self.metrics)
         self.source = source = KafkaSource(s.kafka, tracker, self.metrics)
+        self.bulk = bulk = await self._open_bulk(http, gate, tracker, dlq, source, clock)
+        if bulk is not None:
+            # Not ready while a bulk budget's ledger is unusable (e.g. a skewed clock), as for
+            # the single-update quota.
+            self._quota_health = lambda: _first_problem(gate.health(), bulk.health())
         pipeline = Pipeline(
             decoder=self.stages.decoder,
             mapper=self.stages.mapper,
@@ -123,7 +166,10 @@ class App:
             coalesce_window_seconds=s.target.coalesce_window_ms / 1000,
             max_in_flight=s.target.max_in_flight,
             clock=clock,
+            bulk=bulk,
         )
+        if bulk is not None:
+            bulk.attach(pipeline)
         self._intake = Intake(
             settings=s,
             source=source,
@@ -131,12 +177,15 @@ class App:
             circuit=circuit,
             tracker=tracker,
             on_turn=self._publish_ready,
+            bulk=bulk,
         )
         await source.start()
         background = [
             asyncio.create_task(pipeline.run()),
             asyncio.create_task(publish_forever(gate, self.metrics)),
         ]
+        if bulk is not None:
+            background.append(asyncio.create_task(bulk.run()))
         try:
             await self._intake.run(stop)
         finally:
@@ -147,6 +196,8 @@ class App:
                     extra={"event": "abandoned", "buffered": pipeline.buffered},
                 )
             await pipeline.abandon()
+            if bulk is not None:
+                await self._stop_bulk(bulk, s.pipeline.shutdown_timeout_seconds)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -156,3 +207,7 @@ class App:
             await http.aclose()
             self.ops.stop()
             log.info("stopped", extra={"event": "stopped"})
+
+
+def _first_problem(*checks: tuple[bool, str]) -> tuple[bool, str]:
+    return next((check for check in checks if not check[0]), (True, "ok"))

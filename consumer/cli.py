@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from consumer import __version__, exits
+from consumer.bulk import cli as bulk_cli
 from consumer.config import Settings, load_settings
 from consumer.dlq import cli as dlq_cli
 from consumer.errors import ConfigError
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq_cli.add_parser(sub)
     quota_status.add_parser(sub)
+    bulk_cli.add_parser(sub)
     return parser
 
 
@@ -172,11 +174,18 @@ def _preflight(settings: Settings, timeout: float) -> None:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    from consumer.bulk.endpoints import Endpoints
     from consumer.preview import preview_event, render
     from consumer.stages import build_stages
 
-    stages = build_stages(_load(args.config))
-    result = preview_event(stages, _read_event(args.event))
+    settings = _load(args.config)
+    stages = build_stages(settings)
+    bulk = Endpoints(
+        base_url=settings.target.url(),
+        client_code=settings.target.client_code,
+        pcid_api=settings.bulk.pcid_api,
+    )
+    result = preview_event(stages, _read_event(args.event), bulk)
     print(json.dumps(result, indent=2) if args.json else render(result))
     return exits.FAILURE if result["outcome"] == "dead-letter" else exits.OK
 
@@ -254,7 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    sub = getattr(args, "dlq_command", None) or getattr(args, "quota_command", None)
+    sub = (
+        getattr(args, "dlq_command", None)
+        or getattr(args, "quota_command", None)
+        or getattr(args, "bulk_command", None)
+    )
     return f"{args.command} {sub}" if sub else str(args.command)
 
 

@@ -146,10 +146,19 @@ class Coalescer(Generic[Ref]):
         self._flushing = True
         # The FIFO's batches too: one that left with a heap entry is no longer waiting, and
         # with its old due it would hold up the batches behind it.
+        self.expedite()
+
+    def expedite(self) -> None:
+        """Everything waiting now is due now (partitions are being handed over: what they hold
+        is sent before they go); unlike `flush`, later events wait their window again."""
         for batch in itertools.chain(self._chained(), self._fifo):
             batch.due = float("-inf")
         self._heap = [(float("-inf"), s, k) for _, s, k in self._heap]
         heapq.heapify(self._heap)
+
+    def holds(self, source_matches: Callable[[Hashable], bool]) -> bool:
+        """Whether a waiting batch comes from a source for which `source_matches` is true."""
+        return any(source_matches(batch.source) for batch in self._chained())
 
     def drop(self, dropped: Callable[[Hashable], bool]) -> list[Ref]:
         """Remove the waiting batches of every source for which `dropped` is true (their

@@ -25,7 +25,7 @@ exit codes:
   3  a dependency is unreachable (the Kafka broker, the Schema Registry)
 
 Human text goes to stdout, diagnostics to stderr; --json (check, preview, quota status,
-dlq inspect, dlq replay) prints one JSON document on stdout instead of the text.
+bulk status, dlq inspect, dlq replay) prints one JSON document on stdout instead of the text.
 """
 
 

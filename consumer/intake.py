@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from consumer.config import Settings
 from consumer.errors import RegistryUnavailable
@@ -34,6 +34,15 @@ REGISTRY_RETRY_FIRST_SECONDS = 0.5
 REGISTRY_RETRY_CAP_SECONDS = 30.0
 
 
+class BulkSide(Protocol):
+    """The bulk transport as the intake sees it (consumer/bulk/transport.py)."""
+
+    @property
+    def full(self) -> bool: ...
+
+    async def revoke(self, tps: set[TopicPartition], wait: float) -> None: ...
+
+
 class Intake:
     """Runs the poll loop until `stop` is set; `turned` says when it last went round."""
 
@@ -46,6 +55,7 @@ class Intake:
         circuit: CircuitBreaker,
         tracker: OffsetTracker,
         on_turn: Callable[[], None] = lambda: None,
+        bulk: BulkSide | None = None,
     ) -> None:
         self._settings = settings
         self._source = source
@@ -53,6 +63,7 @@ class Intake:
         self._circuit = circuit
         self._tracker = tracker
         self._on_turn = on_turn
+        self._bulk = bulk
         self.turned = time.monotonic()
         # Why records wait for the Schema Registry, while they do (the App is not ready then).
         self.registry_problem: str | None = None
@@ -93,6 +104,8 @@ class Intake:
         buffered = self._pipeline.buffered
         if blocked or self._circuit.is_open:
             return True
+        if self._bulk is not None and self._bulk.full:
+            return True  # bulk holds its own bound of events until Target finishes batches
         return buffered >= limit if not paused else buffered > limit // 2
 
     async def _submit_pending(self) -> bool:
@@ -136,7 +149,10 @@ class Intake:
         """Waiting records of leaving partitions are dropped (never tracked, never committed:
         their next owner reads them again), then their sends in flight are handed over."""
         self._pending = deque(r for r in self._pending if (r.topic, r.partition) not in tps)
-        await self._pipeline.handover(tps, wait)
+        if self._bulk is None:
+            await self._pipeline.handover(tps, wait)
+            return
+        await asyncio.gather(self._pipeline.handover(tps, wait), self._bulk.revoke(tps, wait))
 
 
 def handover_hook(

@@ -271,3 +271,13 @@ class BulkMetrics:
             ["budget"],
             registry=r,
         )
+        self.held_events = Gauge(
+            p + "held_events",
+            "Events in bulk batches not final (filling, queued or submitted): uncommitted.",
+            registry=r,
+        )
+        self.carried_profiles = Gauge(
+            p + "carried_profiles",
+            "Profiles whose earlier bulk attributes later rows carry again (override caveat).",
+            registry=r,
+        )

@@ -26,6 +26,8 @@ from consumer.record import SourceRecord
 from consumer.target.request import TargetRequest, build_requests, check_size
 
 log = logging.getLogger(__name__)
+# How often a handover looks again at batches waiting for the dispatcher.
+DRAIN_TICK_SECONDS = 0.01
 
 
 class DeadLetterSink(Protocol):
@@ -285,9 +287,9 @@ class Pipeline:
             self._add_buffered(-1)
         return taken
 
-    @property
-    def singles_in_flight(self) -> int:
-        return self._sending
+    def sends_in_flight(self) -> list[asyncio.Task[None]]:
+        """The single-update sends under way now (bulk waits for them after a switch)."""
+        return list(self._sends)
 
     def move_waiting_to_bulk(self) -> int:
         """Switched to bulk: the single updates still waiting join the batches instead,
@@ -318,11 +320,16 @@ class Pipeline:
         so their acks make the final commit and their writes land before the next owner's; then
         cancel the ones carrying only those partitions' events (the next owner re-sends them).
         """
-        # Their waiting batches go first: none of those events may reach Target from here any
-        # more, and a batch left behind would be sent if the partition came back.
+        deadline = self._clock() + timeout
+        if timeout > 0:
+            # Still ours (revoked, not lost): send what they hold now, so the final commit
+            # covers it and the next owner starts after it instead of sending older values
+            # again after our newer ones.
+            await self._drain_partitions(tps, deadline)
+        # What is left waiting goes: none of it may reach Target from here any more, and a
+        # batch left behind would be sent if the partition came back.
         dropped = self._coalescer.drop(lambda source: _partition_of(source) in tps)
         self._add_buffered(-len(dropped))
-        deadline = self._clock() + timeout
         while True:
             pending = [
                 t
@@ -342,6 +349,26 @@ class Pipeline:
                 extra={"event": "handover_in_flight", "cancelled": len(stale)},
             )
         await asyncio.gather(*stale, return_exceptions=True)
+
+    async def _drain_partitions(self, tps: set[TP], deadline: float) -> None:
+        """Until `deadline`: expedite the partitions' waiting batches and wait for their sends."""
+        self._coalescer.expedite()
+        leaving = lambda source: _partition_of(source) in tps  # noqa: E731
+        while (remaining := deadline - self._clock()) > 0:
+            self._wake.set()
+            sends = [
+                t
+                for t, refs in self._sends.items()
+                if not t.done() and any(r.tp in tps for r in refs)
+            ]
+            if sends:
+                await asyncio.wait(sends, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            elif self._coalescer.holds(leaving):
+                # The dispatcher turns them into sends on its next turn (or after a send of
+                # the same profile from another partition completes).
+                await asyncio.sleep(min(remaining, DRAIN_TICK_SECONDS))
+            else:
+                return
 
     # --- shutdown -------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 The outcome is one of: `update` (the rules matched: identity, attributes, the exact requests),
 `skipped` (no rule matched) or `dead-letter` (with the stage and reason the DLQ would record).
+An update also shows the bulk row it would be (header + row, as a batch of its own would send
+them) when the bulk transport carries it.
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from consumer.errors import MappingError, PermanentDeliveryError
+from consumer.bulk.endpoints import Endpoints
+from consumer.bulk.rows import BatchBuilder
+from consumer.errors import InvalidBulkRow, MappingError, PermanentDeliveryError
 from consumer.stages import Stages
 from consumer.target.request import build_requests
 
 
-def preview_event(stages: Stages, text: str) -> dict[str, Any]:
-    """The outcome of one event given as JSON text; never raises for a bad event."""
+def preview_event(stages: Stages, text: str, bulk: Endpoints | None = None) -> dict[str, Any]:
+    """The outcome of one event given as JSON text; never raises for a bad event. With
+    `bulk`, an update also shows its bulk row."""
     from consumer.mapping import event_from_json
 
     try:
@@ -41,7 +46,28 @@ def preview_event(stages: Stages, text: str) -> dict[str, Any]:
     result["requests"] = [
         {"method": r.method, "url": r.url, "body": r.body.decode("ascii") or None} for r in requests
     ]
+    if bulk is not None:
+        result["bulk"] = bulk_row(bulk, update.identity_type, update.identity, update.attributes)
     return result
+
+
+def bulk_row(
+    endpoints: Endpoints, identity_type: str, identity: str, attributes: dict[str, str]
+) -> dict[str, Any]:
+    """The batch a single event makes: where it goes, and its body (header, then the row)."""
+    builder: BatchBuilder[None] = BatchBuilder(identity_type=identity_type)
+    try:
+        builder.add(identity, attributes, None)
+    except InvalidBulkRow as exc:
+        return {"error": str(exc), "reason": exc.reason}
+    header, _, row = builder.render().decode("ascii").partition("\n")
+    return {
+        "method": "POST",
+        "url": endpoints.submit_url(identity_type),
+        "api": endpoints.version(identity_type),
+        "header": header,
+        "row": row,
+    }
 
 
 def _dead_letter(stage: str, reason: str, exc: Exception) -> dict[str, Any]:
@@ -71,4 +97,14 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"{request['method']} {request['url']}")
         if request["body"]:
             lines.append(f"  body: {request['body']}")
+    bulk = result.get("bulk")
+    if bulk and "error" in bulk:
+        lines.append(f"bulk: no batch may carry it ({bulk['reason']}: {bulk['error']})")
+    elif bulk:
+        lines += [
+            f"bulk row ({bulk['api']}, when the bulk transport carries it):",
+            f"{bulk['method']} {bulk['url']}",
+            f"  {bulk['header']}",
+            f"  {bulk['row']}",
+        ]
     return "\n".join(lines)

@@ -25,12 +25,19 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=3000, help="sample events to produce")
     parser.add_argument("--profiles", type=int, default=500, help="distinct customers")
     parser.add_argument("--poison", type=float, default=0.03, help="share of poison records")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then a burst of N events (e.g. 20000): drained through bulk, and back to single",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from devtools.demo import run_demo
 
-    return run_demo(args.events, args.profiles, args.poison)
+    return run_demo(args.events, args.profiles, args.poison, backlog=args.backlog)
 
 
 COMMANDS = {

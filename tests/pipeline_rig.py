@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -135,8 +136,17 @@ class FakeDLQ:
 class Rig:
     """One member: its pipeline, tracker, the dispatcher task, and the fakes around them."""
 
-    def __init__(self, *, window: float = 1.0, max_in_flight: int = 8) -> None:
-        self.clock = FakeClock()
+    def __init__(
+        self,
+        *,
+        window: float = 1.0,
+        max_in_flight: int = 8,
+        clock: FakeClock | None = None,
+        deliver: Callable[[TargetRequest], Awaitable[None]] | None = None,
+    ) -> None:
+        """`deliver` replaces the fake Target's (a real Delivery in front of a fake HTTP
+        Target); `clock` is then the one its quota and retries run on."""
+        self.clock = clock or FakeClock()
         self.target = FakeTarget(self.clock)
         self.dlq = FakeDLQ()
         self.tracker = OffsetTracker()
@@ -144,7 +154,7 @@ class Rig:
         self.pipeline = Pipeline(
             decoder=JsonDecoder(),  # type: ignore[arg-type]
             mapper=PassThroughMapper(),  # type: ignore[arg-type]
-            deliver=self.target.deliver,
+            deliver=deliver or self.target.deliver,
             dlq=self.dlq,
             tracker=self.tracker,
             metrics=self.metrics,

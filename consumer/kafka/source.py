@@ -73,6 +73,9 @@ class KafkaSource:
         self.broker_up = False
         self.last_error: str | None = None
         self._commit_busy_until = 0.0  # a periodic commit is on its way until then
+        # Per partition: records in Kafka not yet read (high watermark - position), from the
+        # statistics. Not the committed lag: bulk holds commits back for events it has read.
+        self._unread: dict[TP, int] = {}
 
     def consumer_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -216,11 +219,13 @@ class KafkaSource:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
-        # Issue 8 (rebalance storm): without the seal and the handover, this process went on
-        # sending the buffered events of a revoked partition while its next owner re-read and
-        # sent them with newer ones, so an older value could be the last to reach Target.
-        self._tracker.seal(tps)
+        # Without the handover and the seal, this process went on sending the buffered events
+        # of a revoked partition while its next owner re-read and sent them with newer ones,
+        # so an older value could be the last to reach Target.
+        # Still ours until this returns: the handover sends what they hold, then the seal
+        # stops anything else of theirs from starting before the final commit.
         self._handover(tps, lost=False)
+        self._tracker.seal(tps)
         final = self._tracker.revoke(tps)
         if final:
             self._commit(final)
@@ -244,8 +249,15 @@ class KafkaSource:
         except Exception:  # a failing hook must not kill the Kafka thread mid-rebalance
             log.exception("handover failed", extra={"event": "handover_failed"})
 
+    def unread(self) -> int:
+        """Records waiting in Kafka on the assigned partitions, as of the last statistics
+        (`statistics.interval.ms`); 0 before the first."""
+        return sum(self._unread.values())
+
     def _forget(self, tps: list[TP]) -> None:
         self._paused -= set(tps)
+        for tp in tps:
+            self._unread.pop(tp, None)
         for topic, partition in tps:
             try:
                 self._metrics.lag.remove(topic, str(partition))
@@ -282,6 +294,12 @@ class KafkaSource:
                     position = pstats.get("app_offset", -1)
                 if high >= 0 and position >= 0:
                     self._metrics.lag.labels(topic, pid).set(max(0, high - position))
+                read_up_to = pstats.get("app_offset", -1)
+                if high >= 0:
+                    # Fetch responses carry the true high watermark, also on Tansu (only its
+                    # ListOffsets answer is off): nothing read yet counts from the position.
+                    start = read_up_to if read_up_to >= 0 else position
+                    self._unread[(topic, int(pid))] = max(0, high - max(0, start))
 
 
 def _stalled(broker: dict[str, Any]) -> bool:

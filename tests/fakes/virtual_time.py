@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 
 
 class VirtualTime:
@@ -25,7 +26,12 @@ class VirtualTime:
 
     async def sleep(self, seconds: float) -> None:
         wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), next(self._order), wake))
+        deadline = self.now + max(0.0, seconds)
+        if seconds > 0 and deadline == self.now:
+            # A delay below the clock's resolution (a token bucket short by 1e-16) must still
+            # move time, as a real sleep would: else its sleeper would loop at the same instant.
+            deadline = math.nextafter(self.now, math.inf)
+        heapq.heappush(self._sleepers, (deadline, next(self._order), wake))
         await wake  # a cancelled sleeper is skipped when its deadline comes
 
     async def run_until(self, until: float, settle_turns: int = 30) -> None:

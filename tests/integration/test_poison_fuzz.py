@@ -32,7 +32,7 @@ from consumer.target.request import build_requests
 from devtools.encoder import Encoder
 from devtools.samples import poison_bytes, sample_event
 from tests.conftest import SCHEMA_PATH
-from tests.helpers import committed, headers_of, read_all, wait_until
+from tests.helpers import assert_history_clean, committed, headers_of, read_all, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -269,6 +269,8 @@ def check_outcomes(
     expected = expected_target(app, records)
     profiles = simulator.profiles()
     assert profiles == expected
+    # The whole history too, not only the final state: no value ever went back.
+    assert_history_clean(simulator, [r.event for r in records if r.event is not None])
     # Nothing malformed (nor any injected parameter) reached Target: every request was accepted.
     assert all(r.status == 200 for r in simulator.received())
     # The nasty values arrived exactly as the events carried them.

@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "ProfileConsumerDLQRateHigh",
     "ProfileConsumerDLQWriteFailing",
     "ProfileConsumerCommitsFailing",
+    "ProfileConsumerBulkBatchStuck",
     "ProfileConsumerLagGrowing",
     "ProfileConsumerTargetErrorsHigh",
     "ProfileConsumerCircuitOpen",

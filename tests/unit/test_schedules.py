@@ -28,7 +28,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.oracles import assert_no_stale_overwrite
+from tests.oracles import assert_no_stale_overwrite, assert_regressions_corrected
 from tests.pipeline_rig import TOPIC, Rig
 
 pytestmark = pytest.mark.unit
@@ -50,7 +50,7 @@ class Schedules(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.rig = Rig(window=1.0, max_in_flight=2)
+        self.rig = self.build_rig()
         self.run(self.rig.__aenter__())
         # The partitions' logs: (profile, attributes) per offset, and the group's commit.
         self.logs: dict[int, list[tuple[tuple[str, str], dict[str, str]]]] = {
@@ -60,6 +60,9 @@ class Schedules(RuleBasedStateMachine):
         self.done: set[tuple[int, int]] = set()  # (partition, offset) finished by anyone
         self.owned: set[int] = set()
 
+    def build_rig(self) -> Rig:
+        return Rig(window=1.0, max_in_flight=2)
+
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
@@ -67,8 +70,11 @@ class Schedules(RuleBasedStateMachine):
         try:
             self.quiesce()
         finally:
-            self.run(self.rig.__aexit__(None, None, None))
+            self.run(self.close())
             self.loop.close()
+
+    async def close(self) -> None:
+        await self.rig.__aexit__(None, None, None)
 
     # --- the group ------------------------------------------------------------------------
 
@@ -111,11 +117,17 @@ class Schedules(RuleBasedStateMachine):
         self.rig.assign(partition, at={partition: self.committed[partition]})
 
     def other_member_takes(self, partition: int) -> None:
-        """The next owner re-reads from the commit and writes each event, in order."""
+        """The next owner re-reads from the commit and writes each event, in order. Events
+        Target already has are marked as replayed: after a lost partition (no final commit)
+        the replay goes back to older values before it reaches the newest again, which
+        at-least-once allows and no member can avoid."""
         log = self.logs[partition]
+        written = self.written()
         for offset in range(self.committed[partition], len(log)):
             key, attributes = log[offset]
             self.rig.target.write(key, attributes)
+            if (partition, offset) in written:
+                self.rig.target.history[-1]["replay"] = True
             self.done.add((partition, offset))
         self.committed[partition] = len(log)
 
@@ -175,13 +187,18 @@ class Schedules(RuleBasedStateMachine):
 
     # --- invariants -----------------------------------------------------------------------
 
-    def finished(self) -> set[tuple[int, int]]:
-        done = set(self.done)
+    def written(self) -> set[tuple[int, int]]:
+        """The events whose values Target has (each request names its events)."""
+        events = set()
         for entry in self.rig.target.history:
             for name in entry["attributes"]:
                 if name.startswith("e"):
                     partition, offset = name[1:].split("_")
-                    done.add((int(partition), int(offset)))
+                    events.add((int(partition), int(offset)))
+        return events
+
+    def finished(self) -> set[tuple[int, int]]:
+        done = self.done | self.written()
         done |= {(r.partition, r.offset) for r, _ in self.rig.dlq.written}
         return done
 
@@ -196,16 +213,19 @@ class Schedules(RuleBasedStateMachine):
 
     @invariant()
     def no_stale_overwrite(self) -> None:
+        """Strict on every write but the next owner's re-sends of what Target already had;
+        with those, every regression they caused is corrected by the replay itself."""
         updates = [update for p in PARTITIONS for update in self.logs[p]]
-        assert_no_stale_overwrite(self.rig.target.history, updates)
+        history = self.rig.target.history
+        assert_no_stale_overwrite([h for h in history if not h.get("replay")], updates)
+        assert_regressions_corrected(history, updates)
 
     @invariant()
     def buffered_is_never_negative(self) -> None:
         assert self.rig.pipeline.buffered >= 0
 
-    def quiesce(self) -> None:
-        """No stall: with no more input, answering every send finishes every event read."""
-        self.rig.dlq.release()
+    def answer_everything(self) -> None:
+        """The input has stopped: Target accepts every send, time passes."""
         for _ in range(200):
             calls = self.rig.target.open_calls()
             if not calls and self.rig.pipeline.buffered == 0:
@@ -213,6 +233,11 @@ class Schedules(RuleBasedStateMachine):
             for call in calls:
                 self.rig.target.accept(call)
             self.run(self.rig.advance(1.0))
+
+    def quiesce(self) -> None:
+        """No stall: with no more input, answering every send finishes every event read."""
+        self.rig.dlq.release()
+        self.answer_everything()
         assert self.rig.pipeline.buffered == 0, "stalled: events still buffered"
         self.commit_never_passes_an_unfinished_event()
         self.no_stale_overwrite()
@@ -221,5 +246,8 @@ class Schedules(RuleBasedStateMachine):
             assert offset == self.rig.offsets[partition], "an owned partition's commit is behind"
 
 
-Schedules.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+# Derandomized and without the example database: the same schedules on every run and machine.
+Schedules.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=30, deadline=None, derandomize=True, database=None
+)
 TestSchedules = Schedules.TestCase

@@ -28,6 +28,9 @@ KAFKA = VALUES["config"]["kafka"]
 GROUP = KAFKA["group_id"]
 LEDGER = f"{GROUP}.quota"
 REPLAY = GROUP + REPLAY_SUFFIX
+# The bulk transport's topics: its two budget ledgers (window, ledger topic), manifest, carry.
+BULK_LEDGERS = {f"{LEDGER}.bulk-calls": 60.0, f"{LEDGER}.bulk-rows": 86_400.0}
+BULK_STATE = {f"{GROUP}.bulk", f"{GROUP}.bulk-carry"}
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -90,7 +93,16 @@ def test_the_schema_refuses_an_unknown_acl_operation() -> None:
 
 def test_topics_are_the_ones_the_code_uses() -> None:
     topics = {topic_name(d): d for d in load("kafkatopics.yaml")}
-    assert set(topics) == {KAFKA["dlq_topic"], LEDGER, REPLAY}
+    assert set(topics) == {KAFKA["dlq_topic"], LEDGER, REPLAY, *BULK_LEDGERS, *BULK_STATE}
+    for name, window in BULK_LEDGERS.items():
+        spec = topics[name]["spec"]
+        assert spec["partitions"] == 1
+        assert {k: str(v) for k, v in spec["config"].items() if k in topic_config(window)} == (
+            topic_config(window)
+        )
+    for name in BULK_STATE:
+        assert topics[name]["spec"]["partitions"] == 1
+        assert "compact" in topics[name]["spec"]["config"]["cleanup.policy"]
     ledger = topics[LEDGER]["spec"]
     assert ledger["partitions"] == 1
     expected = topic_config(VALUES["config"]["quota"]["window_seconds"])
@@ -104,7 +116,7 @@ def test_user_is_granted_what_the_consumer_and_tools_need() -> None:
     need = {("group", GROUP): {"Read"}, ("group", REPLAY): {"Read"}}
     for topic in KAFKA["topics"]:
         need[("topic", topic)] = {"Read", "Describe", "Write"}
-    for topic in (KAFKA["dlq_topic"], LEDGER, REPLAY):
+    for topic in (KAFKA["dlq_topic"], LEDGER, REPLAY, *BULK_LEDGERS, *BULK_STATE):
         need[("topic", topic)] = {"Read", "Write", "Describe"}
     for resource, operations in need.items():
         assert operations <= acls.get(resource, set()), resource

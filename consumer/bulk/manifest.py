@@ -1,0 +1,166 @@
+"""The bulk manifest: batches in flight, recorded in Kafka for other processes to read.
+
+Every replica writes one JSON record per step of each of its batches (submitted, resubmitted,
+complete, stuck, rejected) to the compacted topic `<kafka.group_id>.bulk` (one partition),
+keyed by `<replica>-<sequence>`, so the topic keeps each batch's latest state.
+`profile-consumer bulk status` reads it from the beginning and lists the batches whose latest
+state is not final. It is a view for operators, not the source of truth: the consumer never
+reads it back (the offsets it holds are what make a restart send a batch's events again).
+
+Writing never blocks the loop and never fails the pipeline: a record that cannot be produced is
+logged and dropped (the manifest is then stale, not wrong about anything it states as final).
+The topic is compacted (one record per batch survives) and records older than a week are
+deleted, so it stays small whatever the traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from consumer.config import Settings
+from consumer.errors import Unreachable
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({"complete", "stuck", "rejected"})
+RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+def manifest_topic(settings: Settings) -> str:
+    return f"{settings.kafka.group_id}.bulk"
+
+
+def ensure_topic(
+    config: dict[str, Any],
+    topic: str,
+    create: bool,
+    *,
+    what: str = "bulk manifest",
+    retention_ms: int = RETENTION_MS,
+    timeout: float = 15.0,
+) -> None:
+    """Create a one-partition topic, compacted and kept `retention_ms`, unless it exists
+    (`kafka.create_topics`); with `create` false, require it. The manifest's and the carry's."""
+    if not create:
+        from consumer.preflight import require_topic
+
+        require_topic(config, topic, what, timeout)
+        return
+    admin_config: dict[str, Any] = {**config, "logger": log}
+    admin = AdminClient(admin_config)
+    settings = {"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)}
+    future = admin.create_topics([NewTopic(topic, 1, -1, config=settings)])[topic]
+    try:
+        future.result(timeout)
+    except Exception as exc:  # "already exists" is the usual answer
+        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            log.warning(
+                f"cannot create the {what} topic",
+                extra={"event": "bulk_topic_create_failed", "topic": topic, "error": str(exc)},
+            )
+
+
+class KafkaManifest:
+    """Writes manifest records; `record` only enqueues (the producer's thread sends)."""
+
+    def __init__(self, producer_config: dict[str, Any], topic: str) -> None:
+        self.topic = topic
+        self._producer = Producer(
+            {"linger.ms": 50, **producer_config, "logger": log, "acks": "all"}
+        )
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="bulk-manifest", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.2)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        try:
+            self._producer.produce(
+                self.topic,
+                key=str(entry["key"]).encode(),
+                value=json.dumps(entry, sort_keys=True).encode(),
+                on_delivery=_delivered,
+            )
+        except (BufferError, KafkaException) as exc:
+            log.warning(
+                "bulk manifest record dropped",
+                extra={"event": "bulk_manifest_dropped", "error": str(exc)},
+            )
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._producer.flush(timeout)
+        self._closed.set()
+        self._poller.join(timeout=1.0)
+
+
+def _delivered(err: Any, _msg: Any) -> None:
+    if err is not None:
+        log.warning(
+            "bulk manifest record not written",
+            extra={"event": "bulk_manifest_dropped", "error": str(err)},
+        )
+
+
+def read_manifest(
+    consumer_config: dict[str, Any], topic: str, timeout: float, idle: float = 1.0
+) -> list[dict[str, Any]]:
+    """Every batch's latest record, oldest first. Reads until `idle` seconds bring nothing
+    (not ListOffsets: Tansu answers "latest" inexactly); Unreachable past `timeout`."""
+    consumer = Consumer(
+        {
+            **consumer_config,
+            "group.id": f"{topic}.status",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "logger": log,
+        }
+    )
+    latest: dict[bytes, dict[str, Any]] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return []
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle:
+            batch = [m for m in consumer.consume(500, 0.2) if m.error() is None]
+            if batch:
+                quiet_since = time.monotonic()
+            for message in batch:
+                key, value = message.key() or b"", message.value()
+                if value is None:
+                    latest.pop(key, None)
+                    continue
+                try:
+                    latest[key] = json.loads(value)
+                except ValueError:
+                    continue  # not ours: skipped
+    except KafkaException as exc:
+        raise Unreachable(f"cannot read the bulk manifest {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+    return sorted(latest.values(), key=lambda e: e.get("updated_at", 0))
+
+
+async def open_manifest(settings: Settings, producer_config: dict[str, Any]) -> KafkaManifest:
+    """Create (or require) the topic off the event loop, then the writer (App start-up)."""
+    topic = manifest_topic(settings)
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1) as pool:
+        await loop.run_in_executor(
+            pool, ensure_topic, producer_config, topic, settings.kafka.create_topics
+        )
+    return KafkaManifest(producer_config, topic)

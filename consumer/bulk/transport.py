@@ -1,0 +1,256 @@
+"""The bulk side as the App wires it: the mode switch, the sender, the shared limits.
+
+`BulkTransport` is what the pipeline and the intake see of bulk:
+- `route(update, record, epoch)`: the pipeline offers every mapped update; bulk takes it when
+  the mode is bulk, or when the profile still has events in a batch that is not final (a
+  single update would overtake them);
+- `single_started(key)`: the pipeline is sending a single update (ends the override caveat);
+- `full`: the held events reached `bulk.max_held_events` (the intake pauses partitions);
+- `revoke(tps, wait)`: partitions leave (the intake's handover).
+
+`run()` decides the mode once a second from the work waiting (pipeline buffer + consumer lag)
+and the single-update quota's state, moves the single updates still waiting into bulk when it
+switches to bulk (re-mapped from their records: the coalescer's merged attributes are not
+kept), sends what is filling when it switches back, and publishes the bulk gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from consumer.bulk import answers
+from consumer.bulk.carry_log import open_carry_store
+from consumer.bulk.client import BulkClient
+from consumer.bulk.endpoints import Endpoints
+from consumer.bulk.held import Carry
+from consumer.bulk.limits import BulkLimits, open_shared_limits
+from consumer.bulk.manifest import KafkaManifest, open_manifest
+from consumer.bulk.mode import Figures, ModeSwitch
+from consumer.bulk.reread import KafkaReread
+from consumer.bulk.sender import BulkSender, DeadLetters, SenderSettings
+from consumer.config import Settings
+from consumer.kafka.offsets import OffsetTracker, TopicPartition
+from consumer.mapping import ProfileUpdate
+from consumer.metrics import BulkMetrics
+from consumer.quota.local import QuotaGate
+from consumer.record import SourceRecord
+from consumer.target.http import TargetHttp
+
+log = logging.getLogger(__name__)
+
+DECIDE_EVERY_SECONDS = 1.0
+# Once nothing waits (the backlog is read), a batch that got no event for this long goes
+# without waiting out bulk.max_batch_seconds, if it is at least a tenth of that old: a drained
+# backlog is sent at once, while a trickle in bulk mode still makes few, large batches.
+CAUGHT_UP_IDLE_SECONDS = 1.0
+CAUGHT_UP_AGE_SHARE = 0.1
+
+
+class PipelineSide(Protocol):
+    """What the transport needs of the pipeline."""
+
+    buffered: int
+
+    def sends_in_flight(self) -> list[asyncio.Task[None]]: ...
+
+    def move_waiting_to_bulk(self) -> int: ...
+
+
+class BulkTransport:
+    def __init__(
+        self,
+        *,
+        mode: ModeSwitch,
+        sender: BulkSender,
+        limits: BulkLimits,
+        gate: QuotaGate,
+        metrics: BulkMetrics,
+        lag: Callable[[], int],
+        max_batch_seconds: float = 60.0,
+        closers: list[Callable[[], Any]] | None = None,
+    ) -> None:
+        self.mode = mode
+        self.sender = sender
+        self._limits = limits
+        self._gate = gate
+        self._metrics = metrics
+        self._lag = lag
+        self._max_batch_seconds = max_batch_seconds
+        self._closers = closers or []
+        self._pipeline: PipelineSide | None = None
+        self._waited: dict[str, float] = {}
+
+    def attach(self, pipeline: PipelineSide) -> None:
+        self._pipeline = pipeline
+
+    # --- the pipeline's hooks ---------------------------------------------------------------
+
+    def route(self, update: ProfileUpdate, record: SourceRecord, epoch: int) -> bool:
+        """True when bulk took the update (raises InvalidBulkRow for one it cannot carry)."""
+        sender = self.sender
+        if not self.mode.bulk and not sender.holds(update.identity_type, update.identity):
+            return False
+        sender.take(
+            update.identity_type,
+            update.identity,
+            update.attributes,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            epoch=epoch,
+        )
+        return True
+
+    def single_started(self, key: tuple[str, str]) -> None:
+        self.sender.single_started(key[0], key[1])
+
+    @property
+    def full(self) -> bool:
+        return self.sender.full
+
+    async def revoke(self, tps: set[TopicPartition], wait: float) -> None:
+        await self.sender.revoke(tps, wait)
+
+    def health(self) -> tuple[bool, str]:
+        """The shared bulk budgets' (ledgers') health, for /readyz."""
+        return self._limits.health()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def figures(self) -> Figures:
+        snap = self._gate.snapshot()
+        buffered = self._pipeline.buffered if self._pipeline is not None else 0
+        rate = snap.limit / snap.window_seconds if snap.window_seconds > 0 else 0.0
+        return Figures(
+            waiting=buffered + self._lag(),
+            rate=rate,
+            remaining=snap.remaining,
+            limit=snap.limit,
+        )
+
+    def decide(self) -> None:
+        figures = self.figures()
+        switch = self.mode.update(figures)
+        if switch is None:
+            if figures.waiting == 0:
+                self.sender.flush_caught_up(
+                    idle_seconds=CAUGHT_UP_IDLE_SECONDS,
+                    min_age_seconds=self._max_batch_seconds * CAUGHT_UP_AGE_SHARE,
+                )
+            return
+        if switch.to == "bulk" and self._pipeline is not None:
+            self.sender.barrier(self._pipeline.sends_in_flight())
+            moved = self._pipeline.move_waiting_to_bulk()
+            log.info(
+                "single updates still waiting moved to bulk",
+                extra={"event": "bulk_moved_waiting", "events": moved},
+            )
+        elif switch.to == "single":
+            self.sender.flush_all()
+
+    async def run(self) -> None:
+        sending = asyncio.ensure_future(self.sender.run())
+        try:
+            while True:
+                self.decide()
+                self._limits.publish(self._metrics, self._waited)
+                await asyncio.sleep(DECIDE_EVERY_SECONDS)
+        finally:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+
+    async def drain(self, timeout: float) -> bool:
+        return await self.sender.drain(timeout)
+
+    async def close(self) -> None:
+        await self.sender.abandon()
+        await self._limits.close()
+        for close in self._closers:
+            close()
+
+
+async def open_bulk_transport(
+    settings: Settings,
+    *,
+    http: TargetHttp,
+    gate: QuotaGate,
+    tracker: OffsetTracker,
+    dlq: DeadLetters,
+    metrics: BulkMetrics,
+    kafka_config: dict[str, Any],
+    lag: Callable[[], int],
+    clock: Callable[[], float],
+    replica: str,
+) -> BulkTransport:
+    """Everything bulk needs, opened: the shared limits' ledgers, the manifest topic."""
+    b = settings.bulk
+    limits = await open_shared_limits(settings, kafka_config, clock, replica)
+    try:
+        manifest: KafkaManifest = await open_manifest(settings, kafka_config)
+    except BaseException:
+        await limits.close()
+        raise
+    bulk_http = http.derive(
+        timeout=b.request_timeout_seconds, max_body=answers.MAX_STATUS_BODY, held=False
+    )
+    client = BulkClient.from_settings(
+        settings, http=bulk_http, limits=limits, metrics=metrics, clock=clock
+    )
+    carry = Carry(horizon=b.carry_horizon_seconds, max_profiles=b.carry_max_profiles, clock=clock)
+    try:
+        store = await open_carry_store(settings, kafka_config, carry, replica)
+    except BaseException:
+        manifest.close()
+        await limits.close()
+        raise
+    reread = KafkaReread(kafka_config)
+    endpoints = Endpoints(
+        base_url=settings.target.url(),
+        client_code=settings.target.client_code,
+        pcid_api=b.pcid_api,
+    )
+    # Adobe names the override caveat for v2 thirdPartyId batches only (so does the simulator).
+    caveat = {
+        "mbox3rdPartyId": endpoints.version("mbox3rdPartyId") == "v2",
+        "mboxPC": False,
+    }
+    sender = BulkSender(
+        client=client,
+        tracker=tracker,
+        dlq=dlq,
+        reread=reread,
+        metrics=metrics,
+        settings=sender_settings(settings),
+        carry=carry,
+        carries=caveat.__getitem__,
+        clock=clock,
+        manifest=manifest,
+        replica=replica,
+    )
+    transport = BulkTransport(
+        mode=ModeSwitch.from_settings(settings, clock=clock, metrics=metrics),
+        sender=sender,
+        limits=limits,
+        gate=gate,
+        metrics=metrics,
+        lag=lag,
+        max_batch_seconds=b.max_batch_seconds,
+        closers=[manifest.close, reread.close, store.close],
+    )
+    return transport
+
+
+def sender_settings(settings: Settings) -> SenderSettings:
+    b = settings.bulk
+    return SenderSettings(
+        max_rows=b.batch_rows(),
+        max_bytes=b.max_bytes,
+        max_batch_seconds=b.max_batch_seconds,
+        status_poll_seconds=b.status_poll_seconds,
+        status_timeout_seconds=b.status_timeout_seconds,
+        max_resubmits=b.max_resubmits,
+        max_held_events=b.max_held_events,
+    )
