@@ -79,7 +79,9 @@ def make_settings(
                 "commit_interval_seconds": 0.2,
             },
             "avro": {"writer_schema": str(SCHEMA_PATH)},
-            "target": {"base_url": simulator.url, "coalesce_window_ms": 20},
+            # The single-update path unless a test asks for another (a few thousand events
+            # would make `auto` switch to bulk under the default quota).
+            "target": {"base_url": simulator.url, "coalesce_window_ms": 20, "transport": "single"},
             "mapping": {"rules": str(RULES_PATH)},
             "metrics": {"host": "127.0.0.1", "port": 0},
             "pipeline": {"shutdown_timeout_seconds": 5},

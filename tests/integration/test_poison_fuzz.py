@@ -105,12 +105,14 @@ class Corpus:
                 event["attributes"] = {"location_label": _nasty_text(self.rng, 60)}
             elif flavour == 3 and event["customer"]["thirdPartyId"]:
                 # Allowed in an mbox3rdPartyId: everything but + and /; 256 characters max.
-                ident = event["customer"]["thirdPartyId"] + "&=%#?;é🙂 \n"
+                # Inner space and newline kept; trailing whitespace is trimmed (mapper).
+                ident = event["customer"]["thirdPartyId"] + "&=%#?;é🙂 \nz"
                 if i % 12 == 3:
                     ident = ident.ljust(256, "x")
                 event["customer"]["thirdPartyId"] = ident
             elif flavour == 4 and event["customer"]["pcId"]:
-                event["customer"]["pcId"] += "+/=&"  # mboxPC has no such restriction
+                # Every character a Target visitor id may hold (letters, digits, . _ -).
+                event["customer"]["pcId"] += "._-Z9"
             self.valid("valid", event)
 
     def add_large_valid(self, count: int) -> None:

@@ -37,14 +37,35 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "profile-consumer"
 DASHBOARD = CHART / "dashboards" / "profile-consumer.json"
-RULES = CHART / "alerts" / "rules.yaml"
+
+
+def rendered_rules(where: Path) -> Path:
+    """The chart's PrometheusRule groups as a plain rule file (the chart renders them per
+    release: alerts/rules.yaml is a template)."""
+    import helm_python as helm
+
+    # Rendered for what this test scrapes: its job name, in its namespace.
+    values = {
+        "prometheusRule": {
+            "enabled": True,
+            "runbookBaseUrl": "https://runbooks.example/",
+            "job": JOB,
+        }
+    }
+    with helm.Chart.load(CHART) as chart:
+        out = chart.render(values, name="pc", namespace=TARGET_LABELS["namespace"], is_install=True)
+    groups = yaml.safe_load(out["profile-consumer/templates/prometheusrule.yaml"])["spec"]["groups"]
+    path = where / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    return path
+
 
 JOB = "profile-consumer"  # matches the ProfileConsumerDown rule's `job=~".*profile-consumer.*"`
 TARGET_LABELS = {"namespace": "test", "pod": "pod-0"}
 # Template variables as Grafana substitutes them: one value selected, or "All" (allValue ".*").
 VARIABLE_CHOICES = {
-    "selected": dict(TARGET_LABELS),
-    "all": {"namespace": ".*", "pod": ".*"},
+    "selected": {**TARGET_LABELS, "job": JOB},
+    "all": {"namespace": ".*", "pod": ".*", "job": ".*"},
 }
 # $__rate_interval / $__interval / $__range: one window that spans the whole run (well under a
 # minute), so a rate sees every increase the load made, whenever the query runs.
@@ -167,10 +188,13 @@ async def test_every_dashboard_expression_returns_data_from_a_real_prometheus(
         target__retry_base_seconds=0.05,
         target__retry_cap_seconds=0.5,
         target__circuit_failure_threshold=1000,
+        # The product's default: the bulk transport's budgets and mode are exported too.
+        target__transport="auto",
     )
+    rules = rendered_rules(tmp_path)
     expected_rules = {
         rule["alert"]
-        for group in yaml.safe_load(RULES.read_text())["groups"]
+        for group in yaml.safe_load(rules.read_text())["groups"]
         for rule in group["rules"]
     }
     rng = random.Random(11)
@@ -187,7 +211,7 @@ async def test_every_dashboard_expression_returns_data_from_a_real_prometheus(
             TARGET_LABELS,
             job=JOB,
             scrape_interval="1s",
-            rule_files=[RULES],
+            rule_files=[rules],
             binary=prometheus_bin,
         )
         await asyncio.to_thread(prom.start)

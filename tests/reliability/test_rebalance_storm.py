@@ -105,7 +105,11 @@ def test_scaling_3_1_3_under_load_loses_nothing_and_keeps_the_last_value(
     assert wait_for_profiles(simulator, stream.expected, 120), differences(
         simulator.profiles(), stream.expected
     )
-    stream.assert_no_stale_overwrite(simulator)
+    # A handover sends what the leaving partitions hold and commits it, but under this load
+    # it can time out, and a member scaled down by SIGTERM abandons what its drain could not
+    # finish: the next owner then replays from the last commit and writes older values again
+    # before the newer ones (docs/reliability.md). What must hold: the replay corrects them.
+    stream.assert_regressions_corrected(simulator)
     for member in members:
         code, took = member.terminate()
         assert code == 0
