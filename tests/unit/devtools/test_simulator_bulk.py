@@ -24,7 +24,7 @@ from devtools.simulator import (
     TargetSimulator,
 )
 from tests.oracles import accepted_writes
-from tests.unit.test_simulator import FakeClock  # a clock the test moves by hand
+from tests.unit.devtools.test_simulator import FakeClock  # a clock the test moves by hand
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +32,7 @@ V2 = "/m2/acme/v2/profile/batchUpdate"
 V1 = "/m2/acme/profile/batchUpdate"
 SINGLE = "/m2/acme/profile/update"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from consumer.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "helm" / "profile-consumer"
 CI_FILES = sorted(CHART.glob("ci/*-values.yaml"))
 CASES: dict[str, dict[str, Any]] = {"default": {}} | {

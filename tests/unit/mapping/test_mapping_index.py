@@ -27,7 +27,7 @@ from consumer.mapping.compiler import discriminator
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMA: dict[str, Any] = json.loads((ROOT / "schemas/offline_transaction.avsc").read_text())
 
 RULES: dict[str, Any] = {

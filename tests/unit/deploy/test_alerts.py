@@ -22,7 +22,7 @@ from tests.tools import require_tool
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "helm" / "profile-consumer"
 RULE_TESTS = CHART / "alerts" / "tests.yaml"
 RUNBOOK = ROOT / "docs" / "runbook.md"

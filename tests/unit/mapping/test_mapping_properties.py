@@ -26,7 +26,7 @@ from consumer.mapping import Mapper, RuleSet, load_rules
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMA: dict[str, Any] = json.loads((ROOT / "schemas/offline_transaction.avsc").read_text())
 PARSED = fastavro.parse_schema(SCHEMA)
 

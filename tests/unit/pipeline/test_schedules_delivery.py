@@ -44,7 +44,7 @@ from devtools.history import max_in_window
 from tests.fakes.lagging_log import LaggingLog
 from tests.fakes.virtual_time import VirtualTime
 from tests.pipeline_rig import FakeClock, FakeTarget, Rig, parse_request
-from tests.unit.test_schedules import Schedules, pick
+from tests.unit.pipeline.test_schedules import Schedules, pick
 
 pytestmark = pytest.mark.unit
 

@@ -1,6 +1,6 @@
 """The static observability assets agree with the code and pass Prometheus' own tools.
 
-- The alert rules are a chart template: tests/unit/test_alerts.py runs promtool on the rendering.
+- The alert rules are a chart template: tests/unit/deploy/test_alerts.py runs promtool on the rendering.
 - Every PromQL expression in the Grafana dashboard and in the docs parses (wrapped as recording
   rules for promtool) and names only metrics that `consumer.metrics.Metrics` registers.
 - `docs/metrics.md` documents exactly the registered metrics, with their type and labels, and no
@@ -26,7 +26,7 @@ from tests.tools import require_tool
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "helm" / "profile-consumer"
 RULES = CHART / "alerts" / "rules.yaml"
 RULE_TESTS = CHART / "alerts" / "tests.yaml"

@@ -13,7 +13,7 @@ from consumer.quota.messages import LeaseRequest, decode, encode, key_of
 from consumer.quota.status import QuotaStatus, render, summarise, summarise_budget
 
 pytestmark = pytest.mark.unit
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def problems(tmp_path: Path, text: str) -> list[str]:

@@ -20,7 +20,7 @@ from consumer.quota.log import topic_config
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "strimzi"
 SCHEMAS = ROOT / "tests" / "fixtures" / "strimzi"
 VALUES = yaml.safe_load((ROOT / "helm" / "profile-consumer" / "values.yaml").read_text())

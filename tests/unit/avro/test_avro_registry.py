@@ -18,7 +18,7 @@ from devtools.encoder import Encoder
 
 pytestmark = pytest.mark.unit
 SCHEMA = json.loads(
-    (Path(__file__).parents[2] / "schemas" / "offline_transaction.avsc").read_text("utf-8")
+    (Path(__file__).parents[3] / "schemas" / "offline_transaction.avsc").read_text("utf-8")
 )
 
 

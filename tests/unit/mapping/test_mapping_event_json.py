@@ -17,7 +17,7 @@ from consumer.mapping import event_from_json
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMA: dict[str, Any] = json.loads((ROOT / "schemas/offline_transaction.avsc").read_text())
 PARSED = fastavro.parse_schema(SCHEMA)
 AT = datetime(2026, 11, 28, 17, 2, 50, 123000, tzinfo=timezone.utc)

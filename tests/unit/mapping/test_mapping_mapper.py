@@ -18,7 +18,7 @@ from consumer.mapping import Mapper, ProfileUpdate, load_rules
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMA: dict[str, Any] = json.loads((ROOT / "schemas/offline_transaction.avsc").read_text())
 AT = datetime(2026, 11, 28, 17, 2, 50, 123000, tzinfo=timezone.utc)
 

@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILE = ROOT / "Dockerfile"
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 REQUIRED_LABELS = {

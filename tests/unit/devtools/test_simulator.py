@@ -22,7 +22,7 @@ from devtools.simulator import SimulatorConfig, TargetSimulator
 pytestmark = pytest.mark.unit
 
 PATH = "/m2/acme/profile/update"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class FakeClock:
