@@ -328,7 +328,7 @@ async def test_hostile_values_arrive_exactly_as_sent(
         nasty = HOSTILE[i % len(HOSTILE)]
         if event["channel"] == "KIOSK":
             # An mboxPC is a Target visitor id: only its characters pass (a hostile one is
-            # dead-lettered, tests/unit/pipeline/test_pipeline_identities.py); the values stay hostile.
+            # dead-lettered: tests/unit/pipeline/test_pipeline_identities.py); values stay hostile.
             event["customer"]["pcId"] = f"pc{i}"
             event["attributes"] = {"location_label": nasty}
         else:

@@ -1,6 +1,7 @@
 """The static observability assets agree with the code and pass Prometheus' own tools.
 
-- The alert rules are a chart template: tests/unit/deploy/test_alerts.py runs promtool on the rendering.
+- The alert rules are a chart template: tests/unit/deploy/test_alerts.py runs promtool on
+  the rendering.
 - Every PromQL expression in the Grafana dashboard and in the docs parses (wrapped as recording
   rules for promtool) and names only metrics that `consumer.metrics.Metrics` registers.
 - `docs/metrics.md` documents exactly the registered metrics, with their type and labels, and no
