@@ -26,8 +26,6 @@ from consumer.record import SourceRecord
 from consumer.target.request import TargetRequest, build_requests, check_size
 
 log = logging.getLogger(__name__)
-# How often a handover looks again at batches waiting for the dispatcher.
-DRAIN_TICK_SECONDS = 0.01
 
 
 class DeadLetterSink(Protocol):
@@ -92,6 +90,7 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sends: dict[asyncio.Task[None], list[EventRef]] = {}  # in flight: their events
         self._wake = asyncio.Event()
+        self._dispatched = asyncio.Event()  # set at each turn of the dispatcher
         self._idle = asyncio.Event()
         self._idle.set()
         self.buffered = 0
@@ -167,6 +166,7 @@ class Pipeline:
                     self._sending += 1
                     self._metrics.in_flight.set(self._sending)
                     self._sends[self._spawn(self._send(batch))] = batch.refs
+            self._dispatched.set()  # a handover may be waiting for a turn of this loop
             self._wake.clear()
             due = self._coalescer.next_due()
             timeout = None if due is None or free <= 0 else max(0.0, due - self._clock())
@@ -352,10 +352,12 @@ class Pipeline:
 
     async def _drain_partitions(self, tps: set[TP], deadline: float) -> None:
         """Until `deadline`: expedite the partitions' waiting batches and wait for their sends."""
+
+        def leaving(source: Hashable) -> bool:
+            return _partition_of(source) in tps
+
         self._coalescer.expedite()
-        leaving = lambda source: _partition_of(source) in tps  # noqa: E731
         while (remaining := deadline - self._clock()) > 0:
-            self._wake.set()
             sends = [
                 t
                 for t, refs in self._sends.items()
@@ -364,9 +366,14 @@ class Pipeline:
             if sends:
                 await asyncio.wait(sends, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             elif self._coalescer.holds(leaving):
-                # The dispatcher turns them into sends on its next turn (or after a send of
-                # the same profile from another partition completes).
-                await asyncio.sleep(min(remaining, DRAIN_TICK_SECONDS))
+                # The dispatcher turns them into sends on its next turn (or once a send of the
+                # same profile from another partition completes): wait for that turn.
+                self._dispatched.clear()
+                self._wake.set()
+                try:
+                    await asyncio.wait_for(self._dispatched.wait(), remaining)
+                except TimeoutError:
+                    return
             else:
                 return
 

@@ -12,20 +12,20 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import yaml
 
 from devtools.broker import free_port
+from devtools.service import Service
 
 
 class PrometheusError(RuntimeError):
     pass
 
 
-class PrometheusServer:
+class PrometheusServer(Service):
     """`with PrometheusServer(workdir, targets, labels) as prom: prom.query("up")`."""
 
     def __init__(
@@ -113,22 +113,7 @@ class PrometheusServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
-
-    def close(self) -> None:
-        self.stop()
         self._http.close()
-
-    def __enter__(self) -> PrometheusServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def log(self) -> str:
         try:

@@ -320,4 +320,4 @@ async def test_every_dashboard_expression_returns_data_from_a_real_prometheus(
             down = next(r for r in rules if r["name"] == "ProfileConsumerDown")
             assert down["state"] == "inactive", down
         finally:
-            await asyncio.to_thread(prom.close)
+            await asyncio.to_thread(prom.stop)
