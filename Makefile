@@ -17,8 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)  ## embedded broker + Target simulator + sample events, end to end
 	$(BIN)/profile-consumer demo
 
+# Three workers on two cores: most tests wait on a broker, a simulator or a child process, so
+# three overlap without starving each other; each worker starts its own broker.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)  ## every test: unit, integration (real broker), e2e, slow scenarios
-	$(BIN)/pytest -p no:cacheprovider -q
+	$(BIN)/pytest -p no:cacheprovider -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/pytest -p no:cacheprovider -q -m unit
