@@ -90,6 +90,7 @@ class App:
         dlq: DeadLetterWriter,
         source: KafkaSource,
         clock: Callable[[], float],
+        delivery: Delivery,
     ) -> BulkTransport | None:
         """The bulk transport, unless `target.transport: single` (then nothing of it runs)."""
         if self.settings.target.transport == "single":
@@ -105,6 +106,8 @@ class App:
             lag=source.unread,
             clock=clock,
             replica=replica_id(),
+            deliver=delivery.deliver,
+            endpoint_url=self.stages.endpoint_url,
         )
 
     async def _stop_bulk(self, bulk: BulkTransport, timeout: float) -> None:
@@ -150,7 +153,7 @@ class App:
         tracker = OffsetTracker()
         dlq = DeadLetterWriter(producer_config(s), s.kafka.dlq_topic, self.metrics)
         self.source = source = KafkaSource(s.kafka, tracker, self.metrics)
-        self.bulk = bulk = await self._open_bulk(http, gate, tracker, dlq, source, clock)
+        self.bulk = bulk = await self._open_bulk(http, gate, tracker, dlq, source, clock, delivery)
         if bulk is not None:
             # Not ready while a bulk budget's ledger is unusable (e.g. a skewed clock), as for
             # the single-update quota.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class BulkRoute(Protocol):
     def route(self, update: ProfileUpdate, record: SourceRecord, epoch: int) -> bool: ...
 
     def single_started(self, key: tuple[str, str]) -> None: ...
+
+    def single_done(self, key: tuple[str, str], accepted: bool) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +183,18 @@ class Pipeline:
         # refusal, a bug, a cancellation in the middle of dead-lettering), each of them is
         # acked, dead-lettered or released from `buffered` exactly once.
         unfinished = list(batch.refs)
+        landed = False  # whether it may have reached Target (bulk's override caveat)
         try:
             if self._handed_over(unfinished):
                 # Its partitions now belong to another member, which re-reads these events
                 # from the commit and sends them in order: sending them here too could land an
                 # older value after its newer one (tests/reliability/test_handover.py).
                 return
+            landed = True
             await self._deliver_batch(batch)
         except PermanentDeliveryError as exc:
             result = "exhausted" if exc.reason == "retries_exhausted" else "rejected"
+            landed = result == "exhausted"  # its last attempt may have timed out after landing
             self._metrics.updates_sent.labels(result).inc()
             await self._dead_letter(unfinished, exc)
         except Exception as exc:
@@ -205,6 +211,8 @@ class Pipeline:
             self._finish(unfinished)
             unfinished.clear()
         finally:
+            if self._bulk is not None:
+                self._bulk.single_done(batch.key, landed)
             if unfinished and self._handed_over(unfinished):
                 # Handed over (or cancelled by handover()): the next owner re-reads them.
                 self._add_buffered(-len(unfinished))
@@ -315,77 +323,106 @@ class Pipeline:
     # --- rebalance ------------------------------------------------------------------------
 
     async def handover(self, tps: set[TP], timeout: float) -> None:
-        """Partitions are leaving this process (the tracker has sealed them, so none of their
-        waiting events will be sent). Wait up to `timeout` for their sends in flight to finish,
-        so their acks make the final commit and their writes land before the next owner's; then
-        cancel the ones carrying only those partitions' events (the next owner re-sends them).
+        """Partitions are leaving this process (still ours until the final commit that follows:
+        the source seals them after this returns). Before that commit, finish every event of
+        theirs below the highest one already delivered, and let every send of theirs in flight
+        end: the next owner re-sends from the commit, so an event left unfinished below a
+        delivered one of the same profile would be re-sent after it, setting Target back to
+        the older value; a cancelled request may have reached Target all the same. What lies
+        above the highest delivered event is dropped: the next owner sends it, in order.
+
+        `timeout` bounds it all (0: lost partitions, another member may own them already);
+        what is still in flight then is cancelled and logged (`handover_cut`).
         """
         deadline = self._clock() + timeout
-        if timeout > 0:
-            # Still ours (revoked, not lost): send what they hold now, so the final commit
-            # covers it and the next owner starts after it instead of sending older values
-            # again after our newer ones.
-            await self._drain_partitions(tps, deadline)
-        # What is left waiting goes: none of it may reach Target from here any more, and a
-        # batch left behind would be sent if the partition came back.
+        finished = await self._finish_delivered(tps, deadline)
         dropped = self._coalescer.drop(lambda source: _partition_of(source) in tps)
         self._add_buffered(-len(dropped))
-        while True:
-            pending = [
-                t
-                for t, refs in self._sends.items()
-                if not t.done() and any(r.tp in tps for r in refs)
-            ]
-            remaining = deadline - self._clock()
-            if not pending or remaining <= 0:
-                break
-            await asyncio.wait(pending, timeout=remaining)
+        self._wake.set()  # the batches held back behind the dropped ones may go
+        if finished:
+            return
+        pending = [t for t, refs in self._sends.items() if any(r.tp in tps for r in refs)]
         stale = [t for t in pending if all(r.tp in tps for r in self._sends.get(t, []))]
         for task in stale:
             task.cancel()
-        if pending:
+        if pending and timeout > 0:
             log.warning(
-                "partitions handed over with sends in flight",
-                extra={"event": "handover_in_flight", "cancelled": len(stale)},
+                "hand-over cut at its timeout: sends in flight cancelled",
+                extra={"event": "handover_cut", "cancelled": len(stale)},
             )
         await asyncio.gather(*stale, return_exceptions=True)
 
-    async def _drain_partitions(self, tps: set[TP], deadline: float) -> None:
-        """Until `deadline`: expedite the partitions' waiting batches and wait for their sends."""
+    async def _finish_delivered(self, tps: set[TP] | None, deadline: float) -> bool:
+        """Until `deadline`: send the waiting batches of `tps` (None: every partition) that
+        hold an event below the highest delivered one of its partition, hold the others back,
+        and wait for every send of theirs in flight. True once none is left of either kind.
 
-        def leaving(source: Hashable) -> bool:
-            return _partition_of(source) in tps
-
-        self._coalescer.expedite()
+        Coalescing sends a profile's newer events ahead of older events of other profiles, so
+        a partition's delivered offsets run ahead of its contiguous commit; each round may
+        deliver higher offsets still (a batch merges a profile's later events), hence the loop.
+        """
         while (remaining := deadline - self._clock()) > 0:
-            sends = [
-                t
-                for t, refs in self._sends.items()
-                if not t.done() and any(r.tp in tps for r in refs)
-            ]
+            if self._abandoned:
+                return False  # no send starts any more: nothing left to wait for
+            live = [t for t in self._sends if not t.done()]
+            sends = [t for t in live if tps is None or any(r.tp in tps for r in self._sends[t])]
             if sends:
                 await asyncio.wait(sends, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            elif self._coalescer.holds(leaving):
-                # The dispatcher turns them into sends on its next turn (or once a send of the
-                # same profile from another partition completes): wait for that turn.
-                self._dispatched.clear()
-                self._wake.set()
-                try:
-                    await asyncio.wait_for(self._dispatched.wait(), remaining)
-                except TimeoutError:
-                    return
-            else:
-                return
+                continue
+            if not self._release_behind(tps):
+                return True
+            # The dispatcher starts them on its next turn, unless their profile has a send in
+            # flight (of a partition staying here), every slot is taken, or a batch of another
+            # partition heads their profile's chain: then a send must end, or its timer fire.
+            self._dispatched.clear()
+            self._wake.set()
+            try:
+                await asyncio.wait_for(self._dispatched.wait(), remaining)
+            except TimeoutError:
+                return False
+            if any(tps is None or any(r.tp in tps for r in refs) for refs in self._sends.values()):
+                continue
+            self._dispatched.clear()
+            waits = [*live, asyncio.ensure_future(self._dispatched.wait())]
+            await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            waits[-1].cancel()
+        return False
+
+    def _release_behind(self, tps: set[TP] | None) -> int:
+        """Make due now the waiting batches of `tps` with an event below their partition's
+        highest finished offset; hold back the other batches of `tps`. Returns how many go."""
+        highest: dict[TP, int] = {}
+        behind = 0
+
+        def due_of(batch: Batch[EventRef]) -> float | None:
+            nonlocal behind
+            tp = batch.refs[0].tp
+            if tps is not None and tp not in tps:
+                return None
+            if tp not in highest:
+                highest[tp] = self._tracker.highest_finished(tp)
+            if batch.refs[0].record.offset < highest[tp]:  # refs come in offset order
+                behind += 1
+                return -math.inf
+            return math.inf
+
+        self._coalescer.reschedule(due_of)
+        return behind
 
     # --- shutdown -------------------------------------------------------------------------
 
     async def drain(self, timeout: float) -> bool:
-        """Send what waits now, wait up to `timeout` for everything to finish."""
+        """Send what waits now and wait for everything to finish, all within `timeout` (the
+        pod's grace period is sized on it). If half of it is not enough, spend the rest
+        finishing what the final commit must cover (as a hand-over does) and hold the rest
+        back: False, `abandon` follows."""
+        deadline = self._clock() + timeout
         self._coalescer.flush()
         self._wake.set()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), timeout / 2)
         except TimeoutError:
+            await self._finish_delivered(None, deadline)
             return False
         return True
 

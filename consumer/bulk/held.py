@@ -105,6 +105,10 @@ class Carry:
         self.store = store
         # (identity type, identity) -> (expires at, source index, names, encoded cells)
         self._rows: dict[tuple[str, str], tuple[float, int, tuple[str, ...], bytes]] = {}
+        # Profiles with a single update in flight: their entry is kept (the update may yet be
+        # refused, and then Target still holds what bulk set) but carried by no new row (the
+        # update may land first, and a carried older value would then overwrite its newer one).
+        self._suspended: set[tuple[str, str]] = set()
         self.forgotten = 0  # dropped for room before their horizon (the caveat may bite them)
 
     def __len__(self) -> int:
@@ -127,6 +131,10 @@ class Carry:
             key = (identity_type, identity)
             table.pop(key, None)  # re-inserted last: the dict's order is the age order
             table[key] = (expires, source, names, cells)
+            # A row built while a single update was in flight: its batch lands after that
+            # update (the barrier), so the caveat joins it to the next batch whatever the
+            # update's fate.
+            self._suspended.discard(key)
         if self.store is not None:
             self.store.put(identity_type, kept, self._horizon, names)
         self._bound()
@@ -143,6 +151,7 @@ class Carry:
         None: a single update ended the caveat for the profile."""
         key = (identity_type, identity)
         self._rows.pop(key, None)
+        self._suspended.discard(key)
         if cells is not None and expires_in > 0 and self._max > 0:
             self._rows[key] = (self._clock() + expires_in, NO_SOURCE, names, cells)
             self._bound()
@@ -153,6 +162,7 @@ class Carry:
         if excess > 0:
             for key in list(islice(table, excess)):
                 del table[key]
+                self._suspended.discard(key)
             self.forgotten += excess
             log.warning(
                 "bulk carry full: the oldest profiles forgotten",
@@ -161,23 +171,52 @@ class Carry:
 
     def take(self, identity_type: str, identity: str) -> dict[str, str] | None:
         """The attributes to carry for this profile (None: nothing to carry)."""
-        if not self._rows:
+        found = self.take_encoded(identity_type, identity)
+        if found is None:
             return None
-        entry = self._rows.get((identity_type, identity))
-        if entry is None:
-            return None
-        expires, _source, names, cells = entry
-        if expires <= self._clock():
-            del self._rows[(identity_type, identity)]
-            return None
+        names, cells = found
         return {
             names[i]: unquote(cell.decode("ascii"), encoding="utf-8", errors="strict")
             for i, cell in enumerate(cells.split(b","))
             if cell
         }
 
+    def take_encoded(
+        self, identity_type: str, identity: str
+    ) -> tuple[tuple[str, ...], bytes] | None:
+        """Like `take`, as kept: names and encoded cells (`BatchBuilder.try_add(carried=)`
+        merges them without decoding)."""
+        if not self._rows:
+            return None
+        entry = self._rows.get((identity_type, identity))
+        if entry is None or (self._suspended and (identity_type, identity) in self._suspended):
+            return None
+        expires, _source, names, cells = entry
+        if expires <= self._clock():
+            del self._rows[(identity_type, identity)]
+            return None
+        return names, cells
+
+    def suspend(self, identity_type: str, identity: str) -> None:
+        """A single update of the profile starts: carry nothing for it until `settle`."""
+        key = (identity_type, identity)
+        if self._rows and key in self._rows:
+            self._suspended.add(key)
+
+    def settle(self, identity_type: str, identity: str, *, accepted: bool) -> None:
+        """The single update that `suspend` announced is over. Accepted: the mbox call ended
+        the caveat, forget what was carried. Refused for good: Target still holds what bulk
+        set, so later rows carry it again."""
+        key = (identity_type, identity)
+        if key not in self._suspended:
+            return  # nothing was carried, or a later batch's row replaced it (`remember`)
+        self._suspended.discard(key)
+        if accepted:
+            self.forget(identity_type, identity)
+
     def forget(self, identity_type: str, identity: str) -> None:
-        """A single update of the profile is on its way: the caveat no longer joins batches."""
+        """The caveat no longer joins batches for the profile (a single update landed)."""
+        self._suspended.discard((identity_type, identity))
         if self._rows and self._rows.pop((identity_type, identity), None) is not None:
             if self.store is not None:
                 self.store.delete(identity_type, identity)
@@ -189,4 +228,5 @@ class Carry:
         gone = [key for key, entry in self._rows.items() if entry[1] in sources]
         for key in gone:
             del self._rows[key]
+            self._suspended.discard(key)
         return len(gone)

@@ -4,8 +4,11 @@ Every replica writes one JSON record per step of each of its batches (submitted,
 complete, stuck, rejected) to the compacted topic `<kafka.group_id>.bulk` (one partition),
 keyed by `<replica>-<sequence>`, so the topic keeps each batch's latest state.
 `profile-consumer bulk status` reads it from the beginning and lists the batches whose latest
-state is not final. It is a view for operators, not the source of truth: the consumer never
-reads it back (the offsets it holds are what make a restart send a batch's events again).
+state is not final. The offsets each member holds until its batches are final remain what make
+a restart send a batch's events again; the consumer reads the manifest back for one thing only:
+which other members' batches (a revoked partition's, a dead process's) Target may still be
+processing, so that it sends no single update of their partitions before they are final
+(`follow`, consumer/bulk/foreign.py).
 
 Writing never blocks the loop and never fails the pipeline: a record that cannot be produced is
 logged and dropped (the manifest is then stale, not wrong about anything it states as final).
@@ -27,12 +30,13 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from consumer.bulk.foreign import ForeignBatches
 from consumer.config import Settings
 from consumer.errors import Unreachable
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = frozenset({"complete", "stuck", "rejected"})
+FINAL_STATES = frozenset({"complete", "stuck", "rejected", "sent_single"})
 RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
@@ -75,6 +79,8 @@ class KafkaManifest:
 
     def __init__(self, producer_config: dict[str, Any], topic: str) -> None:
         self.topic = topic
+        self._config = producer_config
+        self._reader: threading.Thread | None = None
         self._producer = Producer(
             {"linger.ms": 50, **producer_config, "logger": log, "acks": "all"}
         )
@@ -100,10 +106,65 @@ class KafkaManifest:
                 extra={"event": "bulk_manifest_dropped", "error": str(exc)},
             )
 
+    async def follow(self, view: ForeignBatches) -> None:
+        """Read the topic from the beginning into `view` until it is quiet (before the first
+        assignment), then keep applying what it gets from a thread of its own."""
+        loop = asyncio.get_running_loop()
+        consumer = Consumer(
+            {
+                **self._config,
+                "group.id": f"{self.topic}.reader",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": 100,
+                "logger": log,
+            }
+        )
+        consumer.assign([TopicPartition(self.topic, 0, 0)])
+        with ThreadPoolExecutor(1) as pool:
+            first = await loop.run_in_executor(pool, _read_until_quiet, consumer)
+        view.apply(first)
+
+        def follow() -> None:
+            try:
+                while not self._closed.is_set():
+                    entries = _entries(consumer.consume(200, 0.2))
+                    if entries and not self._closed.is_set():
+                        loop.call_soon_threadsafe(view.apply, entries)
+            finally:
+                consumer.close()
+
+        self._reader = threading.Thread(target=follow, name="bulk-manifest-read", daemon=True)
+        self._reader.start()
+
     def close(self, timeout: float = 5.0) -> None:
         self._producer.flush(timeout)
         self._closed.set()
         self._poller.join(timeout=1.0)
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
+
+
+def _entries(messages: list[Any]) -> list[dict[str, Any]]:
+    entries = []
+    for message in messages:
+        if message.error() is None and message.value() is not None:
+            try:
+                entries.append(json.loads(message.value()))
+            except ValueError:
+                continue  # not ours: skipped
+    return entries
+
+
+def _read_until_quiet(consumer: Consumer, idle: float = 0.5, limit: float = 30.0) -> list[Any]:
+    entries: list[dict[str, Any]] = []
+    started = quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < idle and time.monotonic() - started < limit:
+        batch = _entries(consumer.consume(500, 0.1))
+        if batch:
+            quiet_since = time.monotonic()
+            entries.extend(batch)
+    return entries
 
 
 def _delivered(err: Any, _msg: Any) -> None:

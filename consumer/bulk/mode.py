@@ -11,6 +11,10 @@ the single-update quota's state) about once a second and routes mapped updates b
   would take less than `switch_after_seconds * switch_back_ratio` and the headroom is back:
   the gap between the two thresholds is the hysteresis, and `bulk.min_dwell_seconds` after any
   switch is a floor on how often it can happen at all.
+- In `auto`, the bulk row budget (`bulk.daily_rows`, shared) comes first: once it cannot take
+  the rows waiting to be submitted (or none at all), bulk switches back to single at once
+  (reason `bulk_budget`, no dwell: waiting would hold every event for hours), and single never
+  switches to bulk while it is so. Pinned `bulk` waits for the budget instead.
 
 Events, not calls, are counted: the coalescer may merge several events of a profile into one
 single update, so the estimate errs towards bulk, the transport that cannot fall behind.
@@ -40,6 +44,8 @@ class Figures:
     rate: float  # single updates a second the quota allows (its pace)
     remaining: int  # single updates left in the rolling window
     limit: int  # the window's limit
+    bulk_rows_remaining: int | None = None  # rows left in the bulk budget (None: not known)
+    bulk_rows_needed: int = 0  # rows of batches waiting to be submitted
 
     @property
     def drain_seconds(self) -> float:
@@ -53,6 +59,12 @@ class Figures:
     @property
     def headroom(self) -> float:
         return self.remaining / self.limit if self.limit > 0 else 0.0
+
+    @property
+    def bulk_exhausted(self) -> bool:
+        """The bulk row budget cannot take what waits for it (or any row at all)."""
+        remaining = self.bulk_rows_remaining
+        return remaining is not None and remaining < max(1, self.bulk_rows_needed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +129,13 @@ class ModeSwitch:
 
     def update(self, figures: Figures) -> Switch | None:
         """Decide on fresh figures; returns the switch when the mode changed."""
-        if self.pinned or self._clock() - self._since < self._dwell:
+        if self.pinned:
+            return None
+        if self._mode == BULK and figures.bulk_exhausted:
+            switch = Switch(SINGLE, "bulk_budget", figures)
+            self._apply(switch)
+            return switch
+        if self._clock() - self._since < self._dwell:
             return None
         reason = self._to_bulk(figures) if self._mode == SINGLE else self._to_single(figures)
         if reason is None:
@@ -127,6 +145,8 @@ class ModeSwitch:
         return switch
 
     def _to_bulk(self, f: Figures) -> str | None:
+        if f.bulk_exhausted:
+            return None
         if f.drain_seconds > self._after:
             return "backlog"
         if f.headroom < self._headroom:
@@ -155,6 +175,7 @@ class ModeSwitch:
                 "rate": f.rate,
                 "remaining": f.remaining,
                 "limit": f.limit,
+                "bulk_rows_remaining": f.bulk_rows_remaining,
             },
         )
         if self._metrics is not None:

@@ -41,6 +41,9 @@ DEFAULT_MAX_BYTES = BULK_MAX_BYTES - 1024 * 1024
 ID_COLUMNS = {"mbox3rdPartyId": "thirdPartyId", "mboxPC": "pcId"}
 
 Ref = TypeVar("Ref")
+# What an earlier batch set for a profile: its attribute names and encoded cells, `,`-separated
+# (`BatchBuilder.encoded_rows`; consumer/bulk/held.py keeps them so).
+Carried = tuple[tuple[str, ...], bytes]
 
 
 @lru_cache(maxsize=4096)
@@ -151,41 +154,63 @@ class BatchBuilder(Generic[Ref]):
         if not self.try_add(identity, attributes, ref):
             raise OverflowError("the event does not fit in this batch")
 
-    def try_add(self, identity: str, attributes: Mapping[str, str], ref: Ref) -> bool:
+    def try_add(
+        self,
+        identity: str,
+        attributes: Mapping[str, str],
+        ref: Ref,
+        carried: Carried | None = None,
+    ) -> bool:
         """Merge one event into its profile's row; False (and no change) when the result would
         pass `max_rows` or `max_bytes`. An event that fits no batch at all (False on an empty
         builder) is too large for bulk. Raises InvalidBulkRow for an event no batch may carry
-        (an empty identity, an attribute name that is an identity column or empty)."""
+        (an empty identity, an attribute name that is an identity column or empty).
+
+        `carried` (names, encoded cells as `encoded_rows` gives them) seeds a new row with
+        what an earlier batch set for the profile, under the event's own values: taken as
+        encoded, never decoded and encoded again."""
         if not identity:
             raise InvalidBulkRow("bulk_invalid_row", "empty identity")
+        # (name, encoded value) in the order they apply: carried first, the event's over them.
+        items = [(name, encode_value(value)) for name, value in attributes.items() if value]
         columns = self._columns
         index = self._index.get(identity)
         if index is None:
             if len(self._rows) >= self.max_rows:
                 return False
+            if carried is not None:
+                items = _carried_items(carried) + items
             cells = [encode_value(identity)]
             # `\n` + identity + a `,` per column
             grown = self._size + 1 + len(cells[0]) + len(columns)
         else:
             cells = self._rows[index].split(b",")
             grown = self._size
-        new_names = [name for name, value in attributes.items() if value and name not in columns]
+        new_names = [name for name, _ in items if name not in columns]
         if new_names:
+            new_names = list(dict.fromkeys(new_names))  # carried and event may share one
             columns, grown = self._widen(columns, new_names, grown, new_row=index is None)
         missing = len(columns) + 1 - len(cells)
         if missing > 0:
             cells.extend([b""] * missing)
-        for name, value in attributes.items():
-            if value:  # empty values are ignored by Target: never clear an earlier value
-                at = columns[name] + 1
-                encoded = encode_value(value)
-                grown += len(encoded) - len(cells[at])
-                cells[at] = encoded
+        for name, encoded in items:
+            at = columns[name] + 1
+            grown += len(encoded) - len(cells[at])
+            cells[at] = encoded
         if grown > self.max_bytes:
             return False
-        self._commit(identity, index, cells, new_names, columns)
+        if new_names:
+            self._header.extend(encode_cell(name) for name in new_names)
+            self._columns = columns
+        while len(cells) > 1 and not cells[-1]:
+            cells.pop()  # trailing empty cells are padded by render()
+        if index is None:
+            index = self._index[identity] = len(self._rows)
+            self._rows.append(b",".join(cells))
+        else:
+            self._rows[index] = b",".join(cells)
         self._size = grown
-        self._event_rows.append(self._index[identity])
+        self._event_rows.append(index)
         self._refs.append(ref)
         return True
 
@@ -202,25 +227,6 @@ class BatchBuilder(Generic[Ref]):
         for name in new_names:
             widened[name] = len(widened)
         return widened, grown
-
-    def _commit(
-        self,
-        identity: str,
-        index: int | None,
-        cells: list[bytes],
-        new_names: list[str],
-        columns: dict[str, int],
-    ) -> None:
-        self._header.extend(encode_cell(name) for name in new_names)
-        self._columns = columns
-        while len(cells) > 1 and not cells[-1]:
-            cells.pop()  # trailing empty cells are padded by render()
-        row = b",".join(cells)
-        if index is None:
-            self._index[identity] = len(self._rows)
-            self._rows.append(row)
-        else:
-            self._rows[index] = row
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -276,6 +282,11 @@ class BatchBuilder(Generic[Ref]):
             cells = self._rows[index].split(b",")[1:]
             attributes = {names[i]: _decode(cell) for i, cell in enumerate(cells) if cell}
             yield BatchRow(number, identity, attributes, tuple(grouped[index]))
+
+
+def _carried_items(carried: Carried) -> list[tuple[str, bytes]]:
+    names, cells = carried
+    return [(names[i], cell) for i, cell in enumerate(cells.split(b",")) if cell]
 
 
 def _check_name(name: str) -> None:

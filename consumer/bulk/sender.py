@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from consumer.bulk.answers import BatchStatus, Submitted
+from consumer.bulk.foreign import ForeignBatches
 from consumer.bulk.held import Carry, Source, Sources
 from consumer.bulk.rows import BatchBuilder
 from consumer.errors import EventError, InvalidBulkRow, PermanentBulkError, PermanentDeliveryError
@@ -82,6 +83,16 @@ class ManifestSink(Protocol):
     def record(self, entry: dict[str, Any]) -> None: ...
 
 
+class Singles(Protocol):
+    """Single updates for a batch the bulk row budget cannot take (consumer/bulk/fallback.py)."""
+
+    def claim(self, rows: int) -> bool: ...
+
+    def release(self, rows: int) -> None: ...
+
+    async def send(self, identity_type: str, identity: str, attributes: dict[str, str]) -> None: ...
+
+
 @dataclass(eq=False, slots=True)
 class _Batch:
     seq: int
@@ -95,6 +106,7 @@ class _Batch:
     submitted_at: float = 0.0
     submitted_wall: float = 0.0  # epoch seconds of the first submit (the manifest's age)
     resubmits: int = 0
+    claimed: int = 0  # rows claimed from the rows budget until the first submit acquired them
     task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -129,8 +141,12 @@ class BulkSender:
         manifest: ManifestSink | None = None,
         replica: str = "",
         wall_clock: Clock = time.time,
+        singles: Singles | None = None,
+        foreign: ForeignBatches | None = None,
     ) -> None:
         self._client = client
+        self._singles = singles
+        self._foreign = foreign
         self._tracker = tracker
         self._dlq = dlq
         self._reread = reread
@@ -149,6 +165,8 @@ class BulkSender:
         self._live: list[_Batch] = []  # queued and submitted, in the order they were queued
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()  # a batch became final, or one was queued
+        if foreign is not None:
+            foreign.on_change = self._changed.set
         self._idle = asyncio.Event()
         self._idle.set()
         self.held = 0
@@ -159,6 +177,17 @@ class BulkSender:
     def full(self) -> bool:
         """Partitions pause while this is true (the held events' own bound)."""
         return self.held >= self._s.max_held_events
+
+    @property
+    def rows_unsent(self) -> int:
+        """Rows of the batches queued and not yet accepted by a submit (the rows budget's
+        share the mode switch weighs)."""
+        return sum(b.builder.row_count for b in self._live if b.submitted is None)
+
+    def blocked(self, topic: str, partition: int) -> bool:
+        """Whether another member's batch not final holds rows of the partition: its events
+        may not go as single updates (consumer/bulk/foreign.py)."""
+        return self._foreign is not None and self._foreign.blocks((topic, partition))
 
     def holds(self, identity_type: str, identity: str) -> bool:
         """Whether the profile has events in a batch that is not final."""
@@ -203,14 +232,36 @@ class BulkSender:
     def _add(self, batch: _Batch, identity: str, attributes: dict[str, str], ref: int) -> bool:
         builder = batch.builder
         if identity not in builder and self._carries(batch.identity_type):
-            carried = self._carry.take(batch.identity_type, identity)
-            if carried:
-                attributes = {**carried, **attributes}
+            self._close_other_rows(batch, identity)
+            # Kept encoded: merged under the event's values without decoding.
+            carried = self._carry.take_encoded(batch.identity_type, identity)
+            return builder.try_add(identity, attributes, ref, carried)
         return builder.try_add(identity, attributes, ref)
 
+    def _close_other_rows(self, batch: _Batch, identity: str) -> None:
+        """The profile is still filling in another source's batch (events of one profile on
+        two partitions): queue that batch first, so its row is in the carry this row takes and
+        this batch lands after it. Two rows filling at once could each miss what the other
+        sets, and the later batch would take the earlier one's attributes away."""
+        if len(self._filling) < 2:
+            return
+        for other in list(self._filling.values()):
+            if (
+                other is not batch
+                and other.identity_type == batch.identity_type
+                and identity in other.builder
+            ):
+                self._queue(other)
+
     def single_started(self, identity_type: str, identity: str) -> None:
-        """A single update of the profile is being sent: it ends the override caveat."""
-        self._carry.forget(identity_type, identity)
+        """A single update of the profile is being sent: no new row carries for it until
+        `single_done` says whether it ended the override caveat."""
+        self._carry.suspend(identity_type, identity)
+
+    def single_done(self, identity_type: str, identity: str, *, accepted: bool) -> None:
+        """Accepted: the mbox call ended the caveat. Refused for good: it did not, and what
+        earlier batches set must still be carried (or the next batch would take it away)."""
+        self._carry.settle(identity_type, identity, accepted=accepted)
 
     # --- filling -> queued ----------------------------------------------------------------
 
@@ -304,11 +355,19 @@ class BulkSender:
         yet final shares a profile with this one."""
         if self._barrier is not None and not self._barrier.done():
             await asyncio.shield(self._barrier)
-        while self._overlapping(batch) is not None:
+        while self._overlapping(batch) is not None or self._foreign_blocks(batch):
             self._changed.clear()
-            if self._overlapping(batch) is None:
+            if self._overlapping(batch) is None and not self._foreign_blocks(batch):
                 return
             await self._changed.wait()
+
+    def _foreign_blocks(self, batch: _Batch) -> bool:
+        """Another member's batch not final holds rows of this batch's partition (it could
+        hold an older value of one of these profiles, and land after this batch)."""
+        if self._foreign is None:
+            return False
+        topic, partition, _epoch = self._sources.source(batch.source)
+        return self._foreign.blocks((topic, partition))
 
     def _overlapping(self, batch: _Batch) -> _Batch | None:
         identities = None
@@ -324,6 +383,12 @@ class BulkSender:
         return None
 
     async def _run_batch(self, batch: _Batch) -> None:
+        singles = self._singles
+        if singles is not None:
+            if not singles.claim(batch.builder.row_count):
+                await self._send_as_singles(batch, singles)
+                return
+            batch.claimed = batch.builder.row_count
         while True:
             batch.state = SUBMITTED
             if self._carry.store is not None:
@@ -332,6 +397,7 @@ class BulkSender:
             try:
                 batch.submitted = await self._client.submit(batch.builder, batch.identity_type)
             except PermanentBulkError as exc:
+                self._release_claim(batch)
                 self._metrics.batches.labels("rejected").inc()
                 self._note(batch, "rejected", str(exc))
                 await self._dead_letter_all(
@@ -339,6 +405,7 @@ class BulkSender:
                     PermanentDeliveryError("bulk_rejected", str(exc), exc.http_status, exc.body),
                 )
                 return
+            self._release_claim(batch)
             batch.submitted_at = self._clock()
             batch.submitted_wall = batch.submitted_wall or self._wall_clock()
             self._metrics.batches.labels("accepted").inc()
@@ -367,6 +434,42 @@ class BulkSender:
                     "resubmits": batch.resubmits,
                 },
             )
+
+    def _release_claim(self, batch: _Batch) -> None:
+        if batch.claimed and self._singles is not None:
+            self._singles.release(batch.claimed)
+        batch.claimed = 0
+
+    async def _send_as_singles(self, batch: _Batch, singles: Singles) -> None:
+        """The rows budget cannot take the batch (auto mode): each row, one profile's merged
+        update with what it carries, goes as a single update instead. Its turn was waited for
+        (`_wait_turn`), so no earlier batch of these profiles is still being processed."""
+        batch.state = SUBMITTED
+        self._metrics.batches.labels("sent_single").inc()
+        self._note(batch, "sending_single")
+        failed = 0
+        for row in batch.builder.rows():
+            if not self._owned(row.refs):
+                # Handed over: the next owner reads these events again and sends them after
+                # what it waits for; a single update from here could overtake its newer one.
+                self._release(batch, len(row.refs))
+                continue
+            try:
+                await singles.send(batch.identity_type, row.identity, row.attributes)
+            except PermanentDeliveryError as exc:
+                failed += 1
+                await self._dead_letter(batch, [(ref, exc) for ref in row.refs])
+                continue
+            self._carry.forget(batch.identity_type, row.identity)  # the mbox call ended it
+            self._ack(batch, row.refs)
+        self._note(batch, "sent_single", failed_rows=failed)
+
+    def _owned(self, refs: Iterable[int]) -> bool:
+        for ref in refs:
+            (topic, partition, epoch), _offset = self._sources.unpack(ref)
+            if self._tracker.owns((topic, partition), epoch):
+                return True
+        return False
 
     async def _await_final(self, batch: _Batch, submitted: Submitted) -> BatchStatus | None:
         """The detailed status once complete; None when stuck, refused or too late."""
@@ -460,6 +563,7 @@ class BulkSender:
                 self._idle.set()
 
     def _final(self, batch: _Batch) -> None:
+        self._release_claim(batch)  # cancelled (or failed) before its submit returned
         batch.state = FINAL
         if batch in self._live:
             self._live.remove(batch)
@@ -476,6 +580,8 @@ class BulkSender:
             "key": f"{self._replica}-{batch.seq}",
             "replica": self._replica,
             "batch_id": submitted.batch_id if submitted else "",
+            # Where the next owner of these partitions asks whether it is final (foreign.py).
+            "status_url": submitted.status_url if submitted else "",
             "identity_type": batch.identity_type,
             "state": state,
             "rows": batch.builder.row_count,
@@ -502,12 +608,39 @@ class BulkSender:
     # --- loop, gauges, shutdown, revocation -------------------------------------------------
 
     async def run(self) -> None:
-        """Queue batches as they come due and publish the gauges, until cancelled."""
+        """Queue batches as they come due and publish the gauges, until cancelled; poll the
+        other members' batches that hold this member's partitions back."""
+        watching = asyncio.ensure_future(self._watch_foreign()) if self._foreign else None
+        try:
+            while True:
+                due = self.flush_due()
+                self.publish()
+                wait = 1.0 if due is None else max(0.0, min(1.0, due - self._clock()))
+                await self._sleep(wait)
+        finally:
+            if watching is not None:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
+
+    async def _watch_foreign(self) -> None:
+        """Every `status_poll_seconds`: ask Target about each foreign batch holding one of our
+        partitions back (its member may be gone and never write its final record)."""
+        assert self._foreign is not None  # noqa: S101 - narrowing for mypy
         while True:
-            due = self.flush_due()
-            self.publish()
-            wait = 1.0 if due is None else max(0.0, min(1.0, due - self._clock()))
-            await self._sleep(wait)
+            for foreign in self._foreign.on(self._tracker.assigned()):
+                if foreign.status_url and await self._foreign_complete(
+                    foreign.batch_id, foreign.status_url
+                ):
+                    self._foreign.final(foreign.key)
+            self._changed.set()  # a horizon may have passed: waiting batches look again
+            await self._sleep(self._s.status_poll_seconds)
+
+    async def _foreign_complete(self, batch_id: str, status_url: str) -> bool:
+        try:
+            status = await self._client.status(Submitted(batch_id, status_url), details=False)
+        except PermanentBulkError:
+            return False  # refused: the horizon decides
+        return status.complete
 
     def publish(self) -> None:
         submitted = [b for b in self._live if b.state == SUBMITTED]

@@ -4,9 +4,13 @@
 - `route(update, record, epoch)`: the pipeline offers every mapped update; bulk takes it when
   the mode is bulk, or when the profile still has events in a batch that is not final (a
   single update would overtake them);
-- `single_started(key)`: the pipeline is sending a single update (ends the override caveat);
+- `single_started(key)` / `single_done(key, accepted)`: the pipeline sends a single update
+  (an accepted one ends the override caveat, a refused one does not);
 - `full`: the held events reached `bulk.max_held_events` (the intake pauses partitions);
 - `revoke(tps, wait)`: partitions leave (the intake's handover).
+
+`route` also sends to bulk the events of a partition that another member's batch not final
+still holds (consumer/bulk/foreign.py): a single update could land before that batch.
 
 `run()` decides the mode once a second from the work waiting (pipeline buffer + consumer lag)
 and the single-update quota's state, moves the single updates still waiting into bulk when it
@@ -18,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from consumer.bulk import answers
 from consumer.bulk.carry_log import open_carry_store
 from consumer.bulk.client import BulkClient
 from consumer.bulk.endpoints import Endpoints
+from consumer.bulk.fallback import SingleFallback
+from consumer.bulk.foreign import ForeignBatches
 from consumer.bulk.held import Carry
 from consumer.bulk.limits import BulkLimits, open_shared_limits
 from consumer.bulk.manifest import KafkaManifest, open_manifest
@@ -38,6 +45,7 @@ from consumer.metrics import BulkMetrics
 from consumer.quota.local import QuotaGate
 from consumer.record import SourceRecord
 from consumer.target.http import TargetHttp
+from consumer.target.request import TargetRequest
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +99,11 @@ class BulkTransport:
     def route(self, update: ProfileUpdate, record: SourceRecord, epoch: int) -> bool:
         """True when bulk took the update (raises InvalidBulkRow for one it cannot carry)."""
         sender = self.sender
-        if not self.mode.bulk and not sender.holds(update.identity_type, update.identity):
+        if (
+            not self.mode.bulk
+            and not sender.holds(update.identity_type, update.identity)
+            and not sender.blocked(record.topic, record.partition)
+        ):
             return False
         sender.take(
             update.identity_type,
@@ -106,6 +118,9 @@ class BulkTransport:
 
     def single_started(self, key: tuple[str, str]) -> None:
         self.sender.single_started(key[0], key[1])
+
+    def single_done(self, key: tuple[str, str], accepted: bool) -> None:
+        self.sender.single_done(key[0], key[1], accepted=accepted)
 
     @property
     def full(self) -> bool:
@@ -129,6 +144,8 @@ class BulkTransport:
             rate=rate,
             remaining=snap.remaining,
             limit=snap.limit,
+            bulk_rows_remaining=self._limits.rows.snapshot().remaining,
+            bulk_rows_needed=self.sender.rows_unsent,
         )
 
     def decide(self) -> None:
@@ -184,8 +201,12 @@ async def open_bulk_transport(
     lag: Callable[[], int],
     clock: Callable[[], float],
     replica: str,
+    deliver: Callable[[TargetRequest], Awaitable[None]] | None = None,
+    endpoint_url: str = "",
 ) -> BulkTransport:
-    """Everything bulk needs, opened: the shared limits' ledgers, the manifest topic."""
+    """Everything bulk needs, opened: the shared limits' ledgers, the manifest topic.
+    `deliver` (the single-update send path) and `endpoint_url`: where a batch the rows budget
+    cannot take goes in auto mode (consumer/bulk/fallback.py)."""
     b = settings.bulk
     limits = await open_shared_limits(settings, kafka_config, clock, replica)
     try:
@@ -206,6 +227,14 @@ async def open_bulk_transport(
         manifest.close()
         await limits.close()
         raise
+    foreign = ForeignBatches(replica=replica, horizon=b.carry_horizon_seconds, wall_clock=time.time)
+    try:
+        await manifest.follow(foreign)
+    except BaseException:
+        store.close()
+        manifest.close()
+        await limits.close()
+        raise
     reread = KafkaReread(kafka_config)
     endpoints = Endpoints(
         base_url=settings.target.url(),
@@ -217,6 +246,12 @@ async def open_bulk_transport(
         "mbox3rdPartyId": endpoints.version("mbox3rdPartyId") == "v2",
         "mboxPC": False,
     }
+    mode = ModeSwitch.from_settings(settings, clock=clock, metrics=metrics)
+    singles = None
+    if deliver is not None:
+        singles = SingleFallback(
+            mode=mode, rows=limits.rows, deliver=deliver, endpoint_url=endpoint_url
+        )
     sender = BulkSender(
         client=client,
         tracker=tracker,
@@ -229,9 +264,11 @@ async def open_bulk_transport(
         clock=clock,
         manifest=manifest,
         replica=replica,
+        singles=singles,
+        foreign=foreign,
     )
     transport = BulkTransport(
-        mode=ModeSwitch.from_settings(settings, clock=clock, metrics=metrics),
+        mode=mode,
         sender=sender,
         limits=limits,
         gate=gate,

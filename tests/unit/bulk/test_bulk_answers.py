@@ -145,3 +145,46 @@ def test_a_large_complete_status_is_read_in_bounded_objects() -> None:
     )
     assert status.succeeded == 99_900 and len(status.rows) == 100
     assert [r.number for r in status.rows[:2]] == [1000, 2000]
+
+
+def _simulator_rows(states: list[str]) -> bytes:
+    return b"".join(
+        b"<row><rowNumber>%d</rowNumber><id>p%d&amp;x</id><status>%s</status>"
+        b"<message>m</message></row>" % (i, i, state.encode())
+        for i, state in enumerate(states, start=1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "rows_wrapper"),
+    [
+        (b"", b"<rows>%s</rows>"),
+        (b'<?xml version="1.0" encoding="UTF-8"?>\n', b"<rows>%s</rows>"),
+        (b"", b"<rows><!-- a comment -->%s</rows>"),  # the expat path for every row
+    ],
+)
+def test_plain_success_rows_are_counted_like_the_expat_path(
+    before: bytes, rows_wrapper: bytes
+) -> None:
+    states = ["success", "failed", "success", "Pending", "success"]
+    body = (
+        before
+        + b"<response><batchId>b</batchId><status>complete</status><batchSize>5</batchSize>"
+        + rows_wrapper % _simulator_rows(states)
+        + b"</response>"
+    )
+    status = parse_status(body)
+    assert status.succeeded == 3 and status.reported == 5
+    assert [(r.number, r.identity, r.state) for r in status.rows] == [
+        (2, "p2&x", "failed"),
+        (4, "p4&x", "unknown"),
+    ]
+
+
+def test_a_row_shaped_text_in_a_comment_is_not_counted() -> None:
+    body = (
+        b"<response><status>complete</status><rows><!-- "
+        + _simulator_rows(["success"])
+        + b" --></rows></response>"
+    )
+    assert parse_status(body).succeeded == 0

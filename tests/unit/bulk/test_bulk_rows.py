@@ -196,3 +196,16 @@ def test_many_profiles_stay_compact() -> None:
     assert builder.row_count == profiles and len(body) == builder.size
     per_profile = (peak - len(body)) / profiles
     assert per_profile < 300, f"{per_profile:.0f} bytes per profile"
+
+
+def test_carried_cells_seed_a_new_row_under_the_events_values() -> None:
+    builder: BatchBuilder[int] = BatchBuilder(identity_type="mbox3rdPartyId")
+    builder.add("p1", {"tier": "gold"}, 1)
+    carried = (("tier", "city", "note"), b"silver,Z%C3%BCrich,")
+    assert builder.try_add("p2", {"tier": "", "points": "7"}, 2, carried)
+    assert builder.try_add("p1", {"city": "Lyon"}, 3, carried)  # not new: carried unused
+    rows = {row.identity: row.attributes for row in builder.rows()}
+    # An empty event value leaves the carried one (Target ignores empties anyway).
+    assert rows["p2"] == {"tier": "silver", "city": "Zürich", "points": "7"}
+    assert rows["p1"] == {"tier": "gold", "city": "Lyon"}
+    assert builder.size == len(builder.render())

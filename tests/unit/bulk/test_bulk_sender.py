@@ -83,7 +83,7 @@ class FakeReread:
 
 
 class Rig:
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, singles: Any = None, **overrides: Any) -> None:
         self.clock = Clock()
         self.client = FakeClient()
         self.tracker = OffsetTracker()
@@ -112,6 +112,7 @@ class Rig:
             carries=lambda identity_type: True,
             clock=self.clock,
             sleep=self.clock.sleep,
+            singles=singles,
         )
         self.offset = {0: 0, 1: 0}
 
