@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -139,7 +140,8 @@ class Coalescer(Generic[Ref]):
         heads = [self._fifo[0].due] if self._fifo else []
         if self._heap:
             heads.append(self._heap[0][0])
-        return min(heads) if heads else None
+        due = min(heads, default=math.inf)
+        return None if due == math.inf else due  # held back (reschedule): no timer
 
     def flush(self) -> None:
         """Shutting down: stop waiting for more events, everything is due now."""
@@ -154,6 +156,22 @@ class Coalescer(Generic[Ref]):
         for batch in itertools.chain(self._chained(), self._fifo):
             batch.due = float("-inf")
         self._heap = [(float("-inf"), s, k) for _, s, k in self._heap]
+        heapq.heapify(self._heap)
+
+    def reschedule(self, due_of: Callable[[Batch[Ref]], float | None]) -> None:
+        """Give each waiting batch the due `due_of` returns for it (None: unchanged); `-inf`
+        sends it first, `inf` holds it back. For hand-overs and shutdowns, which pick the
+        batches that must go before a final commit: the queues are rebuilt, O(waiting)."""
+        for batch in self._chained():
+            due = due_of(batch)
+            if due is not None:
+                batch.due = due
+        self._fifo.clear()
+        self._heap = [
+            (batch.due, batch.seq, key)
+            for key, batch in self._waiting.items()
+            if key not in self._in_flight
+        ]
         heapq.heapify(self._heap)
 
     def holds(self, source_matches: Callable[[Hashable], bool]) -> bool:

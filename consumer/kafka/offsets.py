@@ -82,6 +82,24 @@ class OffsetTracker:
                 part.done.discard(first)
                 part.next_commit = first + 1
 
+    def highest_finished(self, tp: TopicPartition) -> int:
+        """The highest offset of `tp` finished in this assignment (-1: none). A handover must
+        finish everything below it before its final commit: the next owner re-sends from the
+        commit, and an older event of a profile re-sent after a newer one was delivered sets
+        Target back to the older value."""
+        with self._lock:
+            part = self._parts.get(tp)
+            if part is None:
+                return -1
+            top = -1 if part.next_commit is None else part.next_commit - 1
+            return max(top, max(part.done, default=-1))
+
+    def finished_above_commit(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Per partition, how many events are finished above the offset it would commit now
+        (only those with some): re-read by the next owner after a final commit."""
+        with self._lock:
+            return {tp: len(p.done) for tp in tps if (p := self._parts.get(tp)) and p.done}
+
     def committable(self) -> dict[TopicPartition, int]:
         with self._lock:
             return {

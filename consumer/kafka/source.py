@@ -203,6 +203,7 @@ class KafkaSource:
     async def close(self) -> None:
         """Commit what is finished, leave the group, stop the thread."""
         if self._consumer is not None:
+            self._report_gap(self._tracker.assigned())
             await self._call(self._commit, self._tracker.committable())
             await self._call(self._consumer.close)
         self._executor.shutdown(wait=True)
@@ -226,6 +227,7 @@ class KafkaSource:
         # stops anything else of theirs from starting before the final commit.
         self._handover(tps, lost=False)
         self._tracker.seal(tps)
+        self._report_gap(tps)
         final = self._tracker.revoke(tps)
         if final:
             self._commit(final)
@@ -242,6 +244,20 @@ class KafkaSource:
         # assignment arrives (tests/reliability/test_broker_outage.py).
         self.joined = False
         log.warning("partitions lost", extra={"event": "lost", "partitions": _names(tps)})
+
+    def _report_gap(self, tps: list[TP]) -> None:
+        """Events finished above a final commit are sent again by the next owner, after
+        the newer ones of their profiles that we delivered: worth a warning (the hand-over
+        or the drain was cut at its timeout)."""
+        gap = self._tracker.finished_above_commit(tps)
+        if gap:
+            log.warning(
+                "events finished above the final commit",
+                extra={
+                    "event": "commit_gap",
+                    "partitions": {f"{t}[{p}]": n for (t, p), n in gap.items()},
+                },
+            )
 
     def _handover(self, tps: list[TP], lost: bool) -> None:
         try:

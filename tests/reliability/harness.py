@@ -300,6 +300,13 @@ def differences(
     return out[:10] + ([f"... {len(out) - 10} more"] if len(out) > 10 else [])
 
 
+def log_counts(processes: Iterable[ConsumerProcess], *events: str) -> dict[str, int]:
+    """How often each of `events` was logged by `processes` (e.g. `commit_gap`, `lost`), as
+    figures named `logged_<event>`."""
+    counts = Counter(e.get("event") for p in processes for e in p.events())
+    return {f"logged_{event}": counts[event] for event in events}
+
+
 def report(scenario: str, **figures: Any) -> None:
     """One line per scenario with its measured figures (run pytest with -s to see them)."""
     print(f"\nRELIABILITY {json.dumps({'scenario': scenario, **figures}, sort_keys=True)}")
