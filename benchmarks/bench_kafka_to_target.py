@@ -9,7 +9,8 @@ distinct profile and coalescing is off (`coalesce_window_ms: 0`), so each event 
 request; the quota is unlimited (`limit` 1e9, `eager`).
 
 Issue 17's goals, printed next to the figures:
-- CPU per delivered update <= 430 us at 16 in flight and 20 ms latency;
+- CPU per delivered update <= 430 us at 16 in flight and 20 ms latency, and at least 1.7x less
+  than the naive peer's in the same run (the absolute figure needs a quiet machine);
 - throughput >= 0.8 of the bound `max_in_flight / latency` at 16 in flight and 50 ms.
 
 For reference, a naive consumer written here (poll one message, decode, map, one synchronous
@@ -25,6 +26,7 @@ at each latency); the goals are judged on the first, the App's default.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +58,9 @@ from devtools.broker import EmbeddedBroker
 IN_FLIGHT = 16
 CPU_GOAL_US = 430  # per delivered update, 16 in flight, 20 ms
 BOUND_GOAL = 0.8  # of max_in_flight / latency, 16 in flight, 50 ms
+# CPU per update of the synchronous peer over ours, same run, 20 ms: the issue's 743 us peer
+# against 430 us. The absolute goal assumes a quiet machine; this ratio holds under load too.
+PEER_RATIO_GOAL = 1.7
 POLL = 0.1  # seconds between looks at the simulator's counter (its CPU, not the consumer's)
 STALL = 5.0  # seconds without a new delivery that end a run without a window
 
@@ -161,7 +166,7 @@ def report(label: str, result: dict[str, Any]) -> None:
     print(
         f"{label:<30}: {result['rate']:8,.0f} updates/s  over {result['seconds']:5.1f}s  "
         f"CPU {result['cpu_us_per_update']:5.0f} us/update  "
-        f"({result['cpu_share'] * 100:3.0f}% of a core)"
+        f"({result['cpu_share'] * 100:3.0f}% of a core)  load {_load_now()}"
     )
 
 
@@ -218,6 +223,13 @@ def main() -> None:
         f"RATIO CPU per delivered update, {IN_FLIGHT} in flight, 20 ms, {transports[0]}: "
         f"{cpu:.0f} us (goal <= {CPU_GOAL_US} us: {verdict})"
     )
+    peer = naive["cpu_us_per_update"] / cpu
+    verdict = "met" if peer >= PEER_RATIO_GOAL else "NOT met"
+    print(
+        f"RATIO CPU per update, naive peer / {transports[0]} at 20 ms: "
+        f"{naive['cpu_us_per_update']:.0f} / {cpu:.0f} us = {peer:.2f}x "
+        f"(goal >= {PEER_RATIO_GOAL}x: {verdict}); load average now {_load_now()}"
+    )
     bound = IN_FLIGHT / 0.05
     share = results[0.05]["rate"] / bound
     verdict = "met" if share >= BOUND_GOAL else "NOT met"
@@ -229,6 +241,10 @@ def main() -> None:
         f"     (for reference, 20 ms: {results[0.02]['rate'] / (IN_FLIGHT / 0.02):.2f} of the "
         f"bound; {results[0.02]['rate'] / naive['rate']:.1f}x the naive consumer)"
     )
+
+
+def _load_now() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

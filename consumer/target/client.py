@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from prometheus_client import Counter, Histogram
+
 from consumer.errors import (
     HttpConnectionError,
     HttpTimeout,
@@ -102,6 +104,10 @@ class TargetClient:
         self._http = http
         self._metrics = metrics
         self._wall_clock = wall_clock
+        # Labelled children looked up once: prometheus_client's labels() validates and locks
+        # on every call, and there are a handful of (method, code) pairs.
+        self._durations: dict[str, Histogram] = {}
+        self._counts: dict[tuple[str, str], Counter] = {}
 
     async def send(self, request: TargetRequest) -> None:
         """Returns when Target accepted the update; raises a typed DeliveryError otherwise."""
@@ -118,7 +124,7 @@ class TargetClient:
             self._count(method, "error")
             raise RetryableDeliveryError("connection", f"{method} failed: {exc}") from exc
         finally:
-            self._metrics.http_duration.labels(method).observe(time.perf_counter() - started)
+            self._duration(method).observe(time.perf_counter() - started)
         self._count(method, f"{answer.status // 100}xx")
         self._classify(method, answer)
 
@@ -141,5 +147,14 @@ class TargetClient:
             reason, f"{method} refused: {why}", http_status=status, body=answer.body
         )
 
+    def _duration(self, method: str) -> Histogram:
+        child = self._durations.get(method)
+        if child is None:
+            child = self._durations[method] = self._metrics.http_duration.labels(method)
+        return child
+
     def _count(self, method: str, code: str) -> None:
-        self._metrics.http_requests.labels(method, code).inc()
+        child = self._counts.get((method, code))
+        if child is None:
+            child = self._counts[method, code] = self._metrics.http_requests.labels(method, code)
+        child.inc()

@@ -23,6 +23,7 @@ import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -41,6 +42,7 @@ MAX_BODY = 65_536
 # Target (4 minutes and more), so we drop a flow before a middlebox can silently forget it.
 KEEPALIVE_EXPIRY = 15.0
 _URL = re.compile(r"\S+://\S*")
+_NO_PHASE_TIMEOUTS = httpx.Timeout(None).as_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,41 @@ class Answer:
     body: bytes
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie store that stays empty: answers are not read for Set-Cookie at all."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+_NO_COOKIES = _NoCookies()
+
+
+class SendPathClient(httpx.AsyncClient):
+    """httpx.AsyncClient that keeps no cookie.
+
+    Target sets no cookie the send path needs, and one set on an answer (by Target, a load
+    balancer or a proxy) must not ride along with the next profile's update. httpx reads every
+    answer for Set-Cookie through urllib's cookie machinery even when none is ever set (two
+    compatibility objects and a jar pass per answer: about 5 % of the CPU per update).
+    """
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        raise TypeError("the send path keeps no cookies")
+
+
 class TargetHttp:
-    """Sends one request and reads its bounded answer; share one instance (one pool)."""
+    """Sends one request and reads its bounded answer; share one instance (one pool).
+
+    What is the same for every request is prepared once here rather than rebuilt per request by
+    `AsyncClient.build_request` (the client's headers merged, a `Timeout` parsed): each request
+    is an `httpx.Request` given to `AsyncClient.send`, the documented pair for prepared requests.
+    """
 
     def __init__(
         self,
@@ -64,7 +99,16 @@ class TargetHttp:
         self._client = client
         self._timeout = timeout
         self._max_body = max_body
-        self._extensions = {} if held else {UNHELD: True}
+        # The client's headers (its defaults, ours and the token) as build_request would merge
+        # them; a Content-Type is added per kind of body, once.
+        self._headers: dict[str | None, httpx.Headers] = {None: httpx.Headers(client.headers)}
+        # No per-phase timeouts below the one deadline of `request`: it starts first and bounds
+        # every phase (the wait for a connection, connecting, sending, reading), so a phase's
+        # timeout of the same length could never fire first, while each costs the transport
+        # timers to arm and cancel on every request.
+        self._extensions: dict[str, Any] = {"timeout": _NO_PHASE_TIMEOUTS}
+        if not held:
+            self._extensions[UNHELD] = True
 
     def derive(self, *, timeout: float, max_body: int, held: bool) -> TargetHttp:
         """Another view of the same pool (the bulk API: longer timeout, larger answers, and
@@ -74,14 +118,13 @@ class TargetHttp:
     async def request(
         self, method: str, url: str, body: bytes = b"", content_type: str | None = None
     ) -> Answer:
-        headers = {"Content-Type": content_type} if content_type is not None else None
-        request = self._client.build_request(
+        # httpx.Request copies the extensions: the transport's own entries stay per request.
+        request = httpx.Request(
             method,
             url,
             content=body or None,
-            headers=headers,
-            timeout=self._timeout,  # httpx's per-phase timeouts, besides the overall deadline
-            extensions=dict(self._extensions),
+            headers=self._headers_for(content_type),
+            extensions=self._extensions,
         )
         try:
             async with asyncio.timeout(self._timeout):
@@ -95,6 +138,14 @@ class TargetHttp:
         except httpx.TransportError as exc:
             raise HttpConnectionError(_describe(exc)) from exc
         return Answer(response.status_code, response.headers, data)
+
+    def _headers_for(self, content_type: str | None) -> httpx.Headers:
+        headers = self._headers.get(content_type)
+        if headers is None:
+            headers = httpx.Headers(self._headers[None])
+            headers["Content-Type"] = str(content_type)
+            self._headers[content_type] = headers
+        return headers
 
     async def _read(self, response: httpx.Response) -> bytes:
         data = bytearray()
@@ -131,10 +182,10 @@ def open_client(
     headers = {"User-Agent": "profile-consumer", "Accept-Encoding": "identity"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    client = httpx.AsyncClient(
+    client = SendPathClient(
         transport=held,
         headers=headers,
-        timeout=target.timeout_seconds,
+        timeout=None,  # TargetHttp's one deadline bounds each exchange
         follow_redirects=False,  # a redirect would carry the token elsewhere
         trust_env=False,  # the proxy and CA variables were read above, once
     )
