@@ -193,14 +193,17 @@ class App:
             await self._intake.run(stop)
         finally:
             log.info("stopping", extra={"event": "stopping", "buffered": pipeline.buffered})
-            if not await pipeline.drain(s.pipeline.shutdown_timeout_seconds):
+            drained = pipeline.drain(s.pipeline.shutdown_timeout_seconds)
+            if not await source.serve_during(drained):
                 log.warning(
                     "shutdown timeout: abandoning in-flight work (it will be re-sent)",
                     extra={"event": "abandoned", "buffered": pipeline.buffered},
                 )
             await pipeline.abandon()
             if bulk is not None:
-                await self._stop_bulk(bulk, s.pipeline.shutdown_timeout_seconds)
+                await source.serve_during(
+                    self._stop_bulk(bulk, s.pipeline.shutdown_timeout_seconds)
+                )
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)

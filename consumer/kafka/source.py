@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -27,6 +27,9 @@ from consumer.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SERVE_POLL_SECONDS = 0.1
+SERVE_BATCH = 100
+CLOSE_TIMEOUT_SECONDS = 30.0
 # A broker connection waiting this long for any answer is hung (a stopped process, a black-holed
 # network): TCP stays up, so librdkafka would only notice after socket.timeout.ms (60 s).
 # Fetches are answered within fetch.wait.max.ms (500 ms by default), so 10 s is far beyond a
@@ -200,12 +203,37 @@ class KafkaSource:
         self._paused = target
         self._metrics.paused_partitions.set(len(self._paused))
 
-    async def close(self) -> None:
+    async def serve_during(self, work: Awaitable[T]) -> T:
+        """Await `work` (a drain) while the group is still served: every partition paused, a
+        short poll in a loop, so a rebalance that starts meanwhile runs its callbacks here
+        rather than inside close(). A member that stopped polling during its drain got the
+        assignment of a rebalance inside close() and sometimes never left it (seen in the
+        storm scenario). Records read meanwhile (a partition assigned between two polls) are
+        dropped: never tracked, never committed, read again by their next owner."""
+        task = asyncio.ensure_future(work)
+        if self._consumer is None:
+            return await task
+        while not task.done():
+            await self.set_paused(True)
+            await self.poll(SERVE_BATCH, SERVE_POLL_SECONDS)
+        return task.result()
+
+    async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
         """Commit what is finished, leave the group, stop the thread."""
         if self._consumer is not None:
             self._report_gap(self._tracker.assigned())
             await self._call(self._commit, self._tracker.committable())
-            await self._call(self._consumer.close)
+            try:
+                await asyncio.wait_for(self._call(self._consumer.close), timeout)
+            except TimeoutError:
+                # Everything finished is committed already; the group notices our absence
+                # after the session timeout. Exiting beats hanging until the pod is killed.
+                log.error(
+                    "Kafka consumer close did not return",
+                    extra={"event": "close_timeout", "timeout_seconds": timeout},
+                )
+                self._executor.shutdown(wait=False)
+                return
         self._executor.shutdown(wait=True)
 
     # --- callbacks, on the Kafka thread -------------------------------------------------

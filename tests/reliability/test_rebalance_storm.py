@@ -51,6 +51,11 @@ SHUTDOWN_TIMEOUT = 20.0
 # rest of it, then commits and leaves.
 STOP_LIMIT = SHUTDOWN_TIMEOUT + 15
 STEADY_GROUP = {"session.timeout.ms": 4000, "heartbeat.interval.ms": 400}
+# What a stopping member must finish is what it buffered below its highest delivered offset:
+# at 8 requests in flight and 0.1 s that is ~80 requests a second, so a buffer the drain can
+# finish within the timeout (a lone member cannot keep up with the 120 solo events a second;
+# the rest of the backlog waits in Kafka, where a replay keeps its order).
+MAX_BUFFERED = 500
 
 
 def _balanced(members: list[ConsumerProcess], topic: str) -> bool:
@@ -76,6 +81,7 @@ def test_scaling_3_1_3_under_load_loses_nothing_and_keeps_the_last_value(
         kafka__topics=[topic],
         kafka__dlq_topic=dlq,
         pipeline__shutdown_timeout_seconds=SHUTDOWN_TIMEOUT,
+        pipeline__max_buffered_events=MAX_BUFFERED,
     )
     config = tmp_path / "config.yaml"
     events = mixed_events(MAX_EVENTS, HOT_PROFILES, SOLO_SHARE, seed=33)
