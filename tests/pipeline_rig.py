@@ -79,11 +79,16 @@ class FakeTarget:
     clock: FakeClock
     calls: list[Call] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # How each call is answered as it arrives ("accept", "refuse", "crash"); None: it waits
+    # for the test's answer.
+    mood: str | None = None
 
     async def deliver(self, request: TargetRequest) -> None:
         key, attributes = parse_request(request)
         call = Call(key, attributes, asyncio.get_running_loop().create_future())
         self.calls.append(call)
+        if self.mood is not None:
+            getattr(self, self.mood)(call)
         await call.future
 
     def open_calls(self) -> list[Call]:
