@@ -128,8 +128,9 @@ def check_problems(config: Path) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from consumer import logs
     from consumer.app import App
-    from consumer.runtime import tune_gc
+    from consumer.runtime import tune_gc, tune_malloc
 
+    tune_malloc()  # before any Kafka client starts its threads
     # A stop asked for while starting up is remembered, not fatal.
     early_stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -127,8 +127,6 @@ class Pipeline:
             self._consumed[record.topic] = consumed
         consumed.inc()
         epoch = self._tracker.track((record.topic, record.partition), record.offset)
-        ref = EventRef(record, epoch)
-        self._add_buffered(1)
         try:
             if isinstance(event, DecodeError):
                 raise event
@@ -136,15 +134,20 @@ class Pipeline:
             if update is not None:
                 check_size(update.identity_type, update.identity, update.attributes)
         except (DecodeError, MappingError, PermanentDeliveryError) as exc:
-            self._spawn(self._dead_letter([ref], exc))
+            self._add_buffered(1)
+            self._spawn(self._dead_letter([EventRef(record, epoch)], exc))
             return
         if update is None:
             self._skipped.inc()
-            self._finish([ref])
+            self._tracker.ack((record.topic, record.partition), record.offset, epoch)
             return
         self._mapped.inc()
-        if self._bulk is not None and self._to_bulk(update, ref):
+        # Bulk takes most events of a backlog: they never enter `buffered` (bulk bounds its
+        # held events itself), so no EventRef and no gauge writes for them.
+        if self._bulk is not None and self._bulk_takes(update, record, epoch):
             return
+        ref = EventRef(record, epoch)
+        self._add_buffered(1)
         key = (update.identity_type, update.identity)
         # One batch never mixes partitions or assignment epochs (see Coalescer).
         source = (record.topic, record.partition, epoch)
@@ -282,6 +285,17 @@ class Pipeline:
             )
 
     # --- bulk -----------------------------------------------------------------------------
+
+    def _bulk_takes(self, update: ProfileUpdate, record: SourceRecord, epoch: int) -> bool:
+        """Offer a record just read to bulk; True when bulk took it (or it was dead-lettered:
+        an event no bulk batch may carry)."""
+        assert self._bulk is not None  # noqa: S101 - narrowing for mypy
+        try:
+            return self._bulk.route(update, record, epoch)
+        except EventError as exc:
+            self._add_buffered(1)
+            self._spawn(self._dead_letter([EventRef(record, epoch)], exc))
+            return True
 
     def _to_bulk(self, update: ProfileUpdate, ref: EventRef) -> bool:
         """Offer the update to bulk; True when it is bulk's now (or dead-lettered)."""

@@ -11,8 +11,11 @@ and value percent-encoded as UTF-8 with nothing left safe (so no cell holds a ra
 `+` `%`). Header: `thirdPartyId` or `pcId`, then the attribute names in first-seen order.
 
 Memory: per profile one dict entry (identity -> row index) and one `bytes` row (its encoded
-cells, without the empty cells at its end: `render()` pads them); per event only the caller's
-`ref` and 4 bytes of row index. The caller should keep `ref` small (an int, a tuple of ints).
+cells after the identity, without the empty cells at its end: `render()` adds the identity and
+pads them); per event only the caller's `ref` and 4 bytes of row index. The caller should keep
+`ref` small (an int, a tuple of ints). The row holds no identity so that `encoded_rows` hands
+out the very `bytes` the builder keeps: the carry (consumer/bulk/held.py) keeps them for every
+profile sent, and a copy per row doubled that while the batch was alive, at the drain's peak.
 
 Empty values are skipped: Target ignores them (an attribute cannot be cleared through bulk), so
 an empty value never overwrites an earlier value of the same profile in the batch.
@@ -25,7 +28,6 @@ from array import array
 from collections.abc import Iterator, Mapping, MutableSequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
 from typing import Generic, TypeVar, cast
 from urllib.parse import quote, unquote
 
@@ -109,7 +111,7 @@ class BatchBuilder(Generic[Ref]):
         self._columns: dict[str, int] = {}  # attribute name -> column index
         self._header: list[bytes] = [encode_cell(self.id_column)]
         self._index: dict[str, int] = {}  # identity -> row index (insertion order = row order)
-        self._rows: list[bytes] = []  # encoded identity then cells, trailing empties left out
+        self._rows: list[bytes] = []  # encoded cells (no identity), trailing empties left out
         self._event_rows = array("I")  # per event: its row index
         self._refs: MutableSequence[Ref] = (
             cast(MutableSequence[Ref], array("q")) if int_refs else []
@@ -180,21 +182,22 @@ class BatchBuilder(Generic[Ref]):
                 return False
             if carried is not None:
                 items = _carried_items(carried) + items
-            cells = [encode_value(identity)]
+            cells: list[bytes] = []
             # `\n` + identity + a `,` per column
-            grown = self._size + 1 + len(cells[0]) + len(columns)
+            grown = self._size + 1 + len(encode_value(identity)) + len(columns)
         else:
-            cells = self._rows[index].split(b",")
+            row = self._rows[index]
+            cells = row.split(b",") if row else []
             grown = self._size
         new_names = [name for name, _ in items if name not in columns]
         if new_names:
             new_names = list(dict.fromkeys(new_names))  # carried and event may share one
             columns, grown = self._widen(columns, new_names, grown, new_row=index is None)
-        missing = len(columns) + 1 - len(cells)
+        missing = len(columns) - len(cells)
         if missing > 0:
             cells.extend([b""] * missing)
         for name, encoded in items:
-            at = columns[name] + 1
+            at = columns[name]
             grown += len(encoded) - len(cells[at])
             cells[at] = encoded
         if grown > self.max_bytes:
@@ -202,7 +205,7 @@ class BatchBuilder(Generic[Ref]):
         if new_names:
             self._header.extend(encode_cell(name) for name in new_names)
             self._columns = columns
-        while len(cells) > 1 and not cells[-1]:
+        while cells and not cells[-1]:
             cells.pop()  # trailing empty cells are padded by render()
         if index is None:
             index = self._index[identity] = len(self._rows)
@@ -232,14 +235,23 @@ class BatchBuilder(Generic[Ref]):
 
     def render(self) -> bytes:
         """The request body: `batch=` + header + rows, joined once."""
+        # Appended in place: a line object per row (and a list of them) cost as much as the body
+        # again at the drain's peak. Every line has `width - 1` commas.
         width = len(self._header)
-
-        def padded(row: bytes) -> bytes:
-            missing = width - 1 - row.count(b",")
-            return row + b"," * missing if missing else row
-
-        header = PREFIX + b",".join(self._header)
-        return b"\n".join(chain((header,), map(padded, self._rows)))
+        out = bytearray(PREFIX)
+        out += b",".join(self._header)
+        for identity, row in zip(self._index, self._rows, strict=True):
+            out += b"\n"
+            out += encode_value(identity)
+            if row:
+                out += b","
+                out += row
+                missing = width - 2 - row.count(b",")
+            else:
+                missing = width - 1
+            if missing:
+                out += b"," * missing
+        return bytes(out)
 
     @property
     def attribute_names(self) -> list[str]:
@@ -257,7 +269,7 @@ class BatchBuilder(Generic[Ref]):
         """Per row: its identity and its encoded cells after the identity (`,`-separated, in
         the order of `attribute_names`, trailing empty cells left out); nothing is decoded."""
         for identity, index in self._index.items():
-            yield identity, self._rows[index].partition(b",")[2]
+            yield identity, self._rows[index]
 
     def refs(self) -> list[Ref]:
         """Every event's ref, in the order they were added."""
@@ -279,7 +291,8 @@ class BatchBuilder(Generic[Ref]):
         names = list(self._columns)
         grouped = self.refs_by_row()
         for number, (identity, index) in enumerate(self._index.items(), start=1):
-            cells = self._rows[index].split(b",")[1:]
+            row = self._rows[index]
+            cells = row.split(b",") if row else []
             attributes = {names[i]: _decode(cell) for i, cell in enumerate(cells) if cell}
             yield BatchRow(number, identity, attributes, tuple(grouped[index]))
 
