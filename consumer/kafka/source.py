@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVE_POLL_SECONDS = 0.1
 SERVE_BATCH = 100
-CLOSE_TIMEOUT_SECONDS = 30.0
+CLOSE_TIMEOUT_SECONDS = 15.0
+LEAVE_SECONDS = 5.0
 # A broker connection waiting this long for any answer is hung (a stopped process, a black-holed
 # network): TCP stays up, so librdkafka would only notice after socket.timeout.ms (60 s).
 # Fetches are answered within fetch.wait.max.ms (500 ms by default), so 10 s is far beyond a
@@ -224,17 +226,29 @@ class KafkaSource:
             self._report_gap(self._tracker.assigned())
             await self._call(self._commit, self._tracker.committable())
             try:
-                await asyncio.wait_for(self._call(self._consumer.close), timeout)
-            except TimeoutError:
-                # Everything finished is committed already; the group notices our absence
-                # after the session timeout. Exiting beats hanging until the pod is killed.
+                await self._leave(LEAVE_SECONDS)
+            except KafkaException as exc:  # close() still leaves the group its own way
+                log.warning(
+                    "unsubscribe failed", extra={"event": "leave_failed", "error": str(exc)}
+                )
+            # librdkafka's close() sometimes never returned when a rebalance met it (storm
+            # scenario, cooperative-sticky): on a daemon thread, bounded, so the process still
+            # exits. Everything finished is committed already; the group notices our absence
+            # after the session timeout.
+            if not await _bounded_on_daemon_thread(self._consumer.close, timeout):
                 log.error(
                     "Kafka consumer close did not return",
                     extra={"event": "close_timeout", "timeout_seconds": timeout},
                 )
-                self._executor.shutdown(wait=False)
-                return
         self._executor.shutdown(wait=True)
+
+    async def _leave(self, timeout: float) -> None:
+        """Unsubscribe and serve the revocation that follows before close(): close() then
+        has no assignment left to give up (the hangs came with an assignment pending)."""
+        await self._call(self.consumer.unsubscribe)
+        deadline = time.monotonic() + timeout
+        while self._tracker.assigned() and time.monotonic() < deadline:
+            await self.poll(SERVE_BATCH, SERVE_POLL_SECONDS)
 
     # --- callbacks, on the Kafka thread -------------------------------------------------
 
@@ -358,3 +372,31 @@ def _stalled(broker: dict[str, Any]) -> bool:
 
 def _names(tps: list[TP]) -> list[str]:
     return [f"{t}[{p}]" for t, p in tps]
+
+
+async def _bounded_on_daemon_thread(fn: Callable[[], object], timeout: float) -> bool:
+    """Run `fn` on a daemon thread; False if it has not returned within `timeout` (the thread
+    is then left behind: a daemon thread does not keep the process from exiting)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("Kafka consumer close failed", extra={"event": "close_failed"})
+        try:
+            loop.call_soon_threadsafe(finished)
+        except RuntimeError:  # the loop is gone: we were given up on long ago
+            pass
+
+    threading.Thread(target=run, name="kafka-close", daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout)
+    except TimeoutError:
+        return False
+    return True
