@@ -28,7 +28,7 @@ The quota is judged where Target sees it too: `max_in_window` counts arrivals (t
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,21 +78,12 @@ def stale_overwrites(history: Iterable[Any], updates: Iterable[Update]) -> list[
     later one was written, or to a value no event produced. Empty: the history is clean."""
     problems: list[str] = []
     for (key, name), (values, writes) in _per_attribute(history, updates).items():
-        position = 0
-        for write in writes:
-            candidates = [i for i, v in enumerate(values) if v == write.value]
-            if not candidates:
-                problems.append(_unknown(key, name, write))
-                continue
-            later = [i for i in candidates if i >= position]
-            if not later:
+        for step in _steps(key, name, values, writes, problems):
+            if step.went_back:
                 problems.append(
-                    f"{key} {name}: at {write.at:.3f} went back to value #{max(candidates)} "
-                    f"after value #{position} had been written"
+                    f"{key} {name}: at {step.write.at:.3f} went back to value #{step.latest} "
+                    f"after value #{step.before} had been written"
                 )
-                position = min(candidates)
-                continue
-            position = later[0]
     return problems
 
 
@@ -102,15 +93,7 @@ def uncorrected_regressions(history: Iterable[Any], updates: Iterable[Update]) -
     value written must come from some event."""
     problems: list[str] = []
     for (key, name), (values, writes) in _per_attribute(history, updates).items():
-        position = furthest = 0
-        for write in writes:
-            candidates = [i for i, v in enumerate(values) if v == write.value]
-            if not candidates:
-                problems.append(_unknown(key, name, write))
-                continue
-            later = [i for i in candidates if i >= position]
-            position = later[0] if later else min(candidates)
-            furthest = max(furthest, position)
+        furthest = max((s.after for s in _steps(key, name, values, writes, problems)), default=0)
         last = writes[-1] if writes else None
         if last is not None and last.value in values:
             reach = max(i for i, v in enumerate(values) if v == last.value)
@@ -120,6 +103,33 @@ def uncorrected_regressions(history: Iterable[Any], updates: Iterable[Update]) -
                     f"#{furthest} had been written (a regression never corrected)"
                 )
     return problems
+
+
+@dataclass(frozen=True)
+class _Step:
+    write: Write
+    before: int  # the event position reached before this write
+    after: int  # the position this write stands for
+    latest: int  # the latest event position whose value it is
+    went_back: bool  # no event at or after `before` set this value
+
+
+def _steps(
+    key: Key, name: str, values: list[str], writes: list[Write], problems: list[str]
+) -> Iterator[_Step]:
+    """Walks one attribute's writes along the events' values: each write stands for the first
+    event at or after the position reached that set its value, else (a regression) the
+    earliest. A value no event set is reported in `problems` and skipped."""
+    position = 0
+    for write in writes:
+        candidates = [i for i, v in enumerate(values) if v == write.value]
+        if not candidates:
+            problems.append(_unknown(key, name, write))
+            continue
+        later = [i for i in candidates if i >= position]
+        after = later[0] if later else min(candidates)
+        yield _Step(write, position, after, max(candidates), not later)
+        position = after
 
 
 def max_in_window(times: Iterable[float], window: float) -> int:

@@ -363,10 +363,10 @@ class DeliverySchedules(Schedules):
         if seconds is None:
             return
         if capped:
-            hold = RetryAfterHold(theirs, self.time.clock, wall_clock=self.wall)
+            transport_hook = RetryAfterHold(theirs, self.time.clock, wall_clock=self.wall)
 
             async def answer() -> None:  # on the rig's loop: the gate writes to its ledger there
-                hold.on_answer(429, {"retry-after": retry_after})
+                transport_hook.on_answer(429, {"retry-after": retry_after})
 
             self.run(answer())
         else:
