@@ -49,6 +49,10 @@ class BulkSide(Protocol):
 
     async def revoke(self, tps: set[TopicPartition], wait: float) -> None: ...
 
+    def assignment_hook(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[list[TopicPartition]], None]: ...
+
 
 class Intake:
     """Runs the poll loop until `stop` is set; `turned` says when it last went round."""
@@ -90,6 +94,8 @@ class Intake:
         source.on_revoked = handover_hook(
             self._revoke, asyncio.get_running_loop(), s.pipeline.shutdown_timeout_seconds
         )
+        if self._bulk is not None:  # new partitions wait until the bulk manifest is read
+            source.on_assigned = self._bulk.assignment_hook(asyncio.get_running_loop())
         while not stop.is_set():
             self.turned = time.monotonic()
             blocked = await self._submit_pending()
@@ -117,11 +123,18 @@ class Intake:
 
     async def _submit_pending(self) -> bool:
         """Hand waiting records over in order; True while the registry holds them back."""
+        try:
+            return await self._submit_slices()
+        finally:
+            self._pipeline.publish_counts()
+
+    async def _submit_slices(self) -> bool:
         decoder = self._pipeline.decoder
         timeout = self._settings.avro.schema_registry_timeout_seconds
         submitted = 0
         while self._pending:
             if submitted == SUBMIT_SLICE:
+                self._pipeline.publish_counts()
                 # Let the answers that arrived meanwhile free their slots, and the dispatcher
                 # fill them, before the next slice (see the module's docstring).
                 await asyncio.sleep(0)

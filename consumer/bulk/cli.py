@@ -60,15 +60,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     topic = manifest_topic(settings)
     entries = read_manifest(config, topic, args.timeout)
     now = time.time()
-    shown = [e for e in entries if args.all or e.get("state") not in FINAL_STATES]
+    shown = entries if args.all else in_flight(entries)
     for entry in shown:
-        entry["age"] = round(max(0.0, now - float(entry.get("submitted_at", now))), 1)
+        since = entry.get("submitted_at") or entry.get("updated_at") or now  # `submitting`: 0
+        entry["age"] = round(max(0.0, now - float(since)), 1)
     if args.json:
-        in_flight = sum(1 for e in entries if e.get("state") not in FINAL_STATES)
-        print(json.dumps({"topic": topic, "in_flight": in_flight, "batches": shown}, indent=2))
+        print(
+            json.dumps(
+                {"topic": topic, "in_flight": len(in_flight(entries)), "batches": shown},
+                indent=2,
+            )
+        )
     else:
         print(render(topic, shown))
     return 0
+
+
+def in_flight(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Batches whose latest state is not final: `submitting` (a POST may be on its way, no
+    batch id yet) and `submitted` (Target is processing it) among them."""
+    return [e for e in entries if e.get("state") not in FINAL_STATES]
 
 
 def render(topic: str, entries: list[dict[str, Any]]) -> str:

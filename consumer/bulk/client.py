@@ -2,7 +2,11 @@
 
 `submit(batch, identity_type)` takes the batch's rows from the shared rows budget once, then
 for every POST attempt one unit of the shared calls budget (consumer/bulk/limits.py), and
-returns `Submitted` once Target accepted the batch. `status(submitted)` GETs the batchStatus
+returns `Submitted` once Target accepted the batch. `before_post`, when given, is awaited right
+before every POST attempt, after that attempt's calls unit is taken: the caller learns the last
+moment before a POST may reach Target (the sender writes its manifest record there, and from
+then on never cancels the batch); raising RetryableBulkError there skips that POST and retries
+it later (the calls unit is spent). `status(submitted)` GETs the batchStatus
 URL (on the configured origin, `showDetails=true`) and returns a `BatchStatus`; status polls
 take no budget.
 
@@ -121,7 +125,12 @@ class BulkClient:
     # --- the calls ---------------------------------------------------------------------------
 
     async def submit(
-        self, batch: BatchBuilder[object] | bytes, identity_type: str, rows: int | None = None
+        self,
+        batch: BatchBuilder[object] | bytes,
+        identity_type: str,
+        rows: int | None = None,
+        *,
+        before_post: Callable[[], Awaitable[None]] | None = None,
     ) -> Submitted:
         """Send one batch until Target accepts it; `rows` is required with a raw body."""
         if isinstance(batch, BatchBuilder):
@@ -137,6 +146,8 @@ class BulkClient:
 
         async def attempt() -> Submitted:
             await self._limits.calls.acquire()
+            if before_post is not None:
+                await before_post()
             answer = await self._call("submit", "POST", url, body)
             return self._submitted(answer)
 

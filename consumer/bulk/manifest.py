@@ -1,8 +1,8 @@
 """The bulk manifest: batches in flight, recorded in Kafka for other processes to read.
 
-Every replica writes one JSON record per step of each of its batches (submitted, resubmitted,
-complete, stuck, rejected) to the compacted topic `<kafka.group_id>.bulk` (one partition),
-keyed by `<replica>-<sequence>`, so the topic keeps each batch's latest state.
+Every replica writes one JSON record per step of each of its batches (submitting, submitted,
+resubmitted, complete, stuck, rejected, dropped) to the compacted topic `<kafka.group_id>.bulk`
+(one partition), keyed by `<replica>-<sequence>`, so the topic keeps each batch's latest state.
 `profile-consumer bulk status` reads it from the beginning and lists the batches whose latest
 state is not final. The offsets each member holds until its batches are final remain what make
 a restart send a batch's events again; the consumer reads the manifest back for one thing only:
@@ -10,8 +10,13 @@ which other members' batches (a revoked partition's, a dead process's) Target ma
 processing, so that it sends no single update of their partitions before they are final
 (`follow`, consumer/bulk/foreign.py).
 
-Writing never blocks the loop and never fails the pipeline: a record that cannot be produced is
-logged and dropped (the manifest is then stale, not wrong about anything it states as final).
+Two writes are waited for, because the next owner's safety rests on them: the `submitting`
+record before a batch's POST (`written`: no POST without it), and every record about a revoked
+partition's batches before the hand-over returns (`flush`). The other records are only queued
+(`record`): one that cannot be produced is logged and dropped (the manifest is then stale about
+a batch that is already known to be in flight, never silent about one). A member also writes a
+sync marker (`<replica>-sync`, no `state`) after each assignment and waits to read it back:
+everything written before it has then been read (consumer/bulk/foreign.py, `pending`).
 The topic is compacted (one record per batch survives) and records older than a week are
 deleted, so it stays small whatever the traffic.
 """
@@ -23,6 +28,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,7 +42,9 @@ from consumer.errors import Unreachable
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = frozenset({"complete", "stuck", "rejected", "sent_single"})
+# "dropped": the batch ended without any POST (revoked while it waited), after its `submitting`
+# record was written or attempted.
+FINAL_STATES = frozenset({"complete", "stuck", "rejected", "sent_single", "dropped"})
 RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
@@ -93,18 +101,48 @@ class KafkaManifest:
             self._producer.poll(0.2)
 
     def record(self, entry: dict[str, Any]) -> None:
+        self._produce(entry, _delivered)
+
+    def _produce(self, entry: dict[str, Any], on_delivery: Callable[[Any, Any], None]) -> bool:
         try:
             self._producer.produce(
                 self.topic,
                 key=str(entry["key"]).encode(),
                 value=json.dumps(entry, sort_keys=True).encode(),
-                on_delivery=_delivered,
+                on_delivery=on_delivery,
             )
         except (BufferError, KafkaException) as exc:
             log.warning(
                 "bulk manifest record dropped",
                 extra={"event": "bulk_manifest_dropped", "error": str(exc)},
             )
+            return False
+        return True
+
+    async def written(self, entry: dict[str, Any], timeout: float) -> bool:
+        """Produce one record and wait (up to `timeout`) until the broker has it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def delivered(err: Any, msg: Any) -> None:  # on the poller thread
+            _delivered(err, msg)
+            try:
+                loop.call_soon_threadsafe(_settle, done, err is None)
+            except RuntimeError:
+                pass  # the loop is gone: nobody waits any more
+
+        if not self._produce(entry, delivered):
+            return False
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            return False
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait (up to `timeout`) until every record queued so far is in Kafka."""
+        loop = asyncio.get_running_loop()
+        left = await loop.run_in_executor(None, self._producer.flush, max(0.0, timeout))
+        return int(left) == 0
 
     async def follow(self, view: ForeignBatches) -> None:
         """Read the topic from the beginning into `view` until it is quiet (before the first
@@ -167,6 +205,11 @@ def _read_until_quiet(consumer: Consumer, idle: float = 0.5, limit: float = 30.0
     return entries
 
 
+def _settle(done: asyncio.Future[bool], ok: bool) -> None:
+    if not done.done():
+        done.set_result(ok)
+
+
 def _delivered(err: Any, _msg: Any) -> None:
     if err is not None:
         log.warning(
@@ -178,8 +221,9 @@ def _delivered(err: Any, _msg: Any) -> None:
 def read_manifest(
     consumer_config: dict[str, Any], topic: str, timeout: float, idle: float = 1.0
 ) -> list[dict[str, Any]]:
-    """Every batch's latest record, oldest first. Reads until `idle` seconds bring nothing
-    (not ListOffsets: Tansu answers "latest" inexactly); Unreachable past `timeout`."""
+    """Every batch's latest record, oldest first (sync markers left out). Reads until `idle`
+    seconds bring nothing (not ListOffsets: Tansu answers "latest" inexactly); Unreachable
+    past `timeout`."""
     consumer = Consumer(
         {
             **consumer_config,
@@ -213,7 +257,8 @@ def read_manifest(
         raise Unreachable(f"cannot read the bulk manifest {topic}: {exc}") from exc
     finally:
         consumer.close()
-    return sorted(latest.values(), key=lambda e: e.get("updated_at", 0))
+    batches = [e for e in latest.values() if isinstance(e, dict) and "sync" not in e]
+    return sorted(batches, key=lambda e: e.get("updated_at", 0))
 
 
 async def open_manifest(settings: Settings, producer_config: dict[str, Any]) -> KafkaManifest:

@@ -28,16 +28,25 @@ Order per profile (invariant 6):
 - the override caveat: a v2 thirdPartyId row carries the attributes bulk sent its profile since
   the profile's last single update (`Carry`): `single_started` forgets them.
 
-Revocation: batches still filling or queued that hold events of a revoked partition are
-dropped whole (never sent; the next owner reads those events again from the commit); their
-carried values are forgotten. Batches already submitted cannot be recalled: `revoke` waits (up
-to the handover timeout) for them to become final, and past that their outcome only releases
-memory (acks of an old epoch are ignored and their failed rows are the next owner's to report).
+Revocation: batches still filling or queued, or waiting for the budgets, that hold events of
+a revoked partition are dropped whole (never sent; the next owner reads those events again from
+the commit); their carried values are forgotten. A batch whose POST may have started (the
+client's `before_post` ran) cannot be recalled: `revoke` waits (up to the handover timeout) for
+it to become final, and past that its outcome only releases memory (acks of an old epoch are
+ignored and its failed rows are the next owner's to report); it makes no new POST attempt once
+its partition is no longer ours.
+
+Write-ahead (the next owner's safety, consumer/bulk/foreign.py): before every POST attempt the
+batch is recorded `submitting` in the manifest and the record's delivery is awaited (bounded by
+MANIFEST_WRITE_SECONDS); a record that cannot be written skips that POST (retried with the
+client's backoff, events held). Before `revoke` returns, the manifest is flushed within what is
+left of its wait, so every record about the revoked partitions' batches is in Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -47,9 +56,15 @@ from typing import Any, Protocol
 
 from consumer.bulk.answers import BatchStatus, Submitted
 from consumer.bulk.foreign import ForeignBatches
-from consumer.bulk.held import Carry, Source, Sources
-from consumer.bulk.rows import BatchBuilder
-from consumer.errors import EventError, InvalidBulkRow, PermanentBulkError, PermanentDeliveryError
+from consumer.bulk.held import OFFSET_BITS, Carry, Source, Sources
+from consumer.bulk.rows import BatchBuilder, Carried
+from consumer.errors import (
+    EventError,
+    InvalidBulkRow,
+    PermanentBulkError,
+    PermanentDeliveryError,
+    RetryableBulkError,
+)
 from consumer.kafka.offsets import OffsetTracker, TopicPartition
 from consumer.metrics import BulkMetrics
 from consumer.record import SourceRecord
@@ -57,6 +72,9 @@ from consumer.record import SourceRecord
 log = logging.getLogger(__name__)
 
 FILLING, QUEUED, SUBMITTED, FINAL = "filling", "queued", "submitted", "final"
+SUBMITTING, DROPPED = "submitting", "dropped"  # manifest states (consumer/bulk/foreign.py)
+# A `submitting` record not delivered by then: that POST is skipped and retried later.
+MANIFEST_WRITE_SECONDS = 10.0
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 ProfileKey = tuple[str, str]
@@ -65,7 +83,12 @@ Wanted = tuple[str, int, int]  # topic, partition, offset
 
 class BulkCalls(Protocol):
     async def submit(
-        self, batch: BatchBuilder[Any] | bytes, identity_type: str, rows: int | None = None
+        self,
+        batch: BatchBuilder[Any] | bytes,
+        identity_type: str,
+        rows: int | None = None,
+        *,
+        before_post: Callable[[], Awaitable[None]] | None = None,
     ) -> Submitted: ...
 
     async def status(self, submitted: Submitted, *, details: bool = True) -> BatchStatus: ...
@@ -81,6 +104,14 @@ class Reread(Protocol):
 
 class ManifestSink(Protocol):
     def record(self, entry: dict[str, Any]) -> None: ...
+
+    async def written(self, entry: dict[str, Any], timeout: float) -> bool: ...
+
+    async def flush(self, timeout: float) -> bool: ...
+
+
+class _HandedOver(Exception):  # noqa: N818 - a signal, not an error
+    """A POST attempt was about to start for a batch whose partition is no longer ours."""
 
 
 class Singles(Protocol):
@@ -100,13 +131,20 @@ class _Batch:
     source: int
     builder: BatchBuilder[int]
     opened: float
-    last_event: float = 0.0
+    # Idleness, seen from `flush_caught_up` (not stamped per event: a clock call per event of
+    # a backlog): the event count it last saw, and since when it has not changed.
+    seen: int = 0
+    quiet_since: float = 0.0
+    # What a new row carries (BulkSender._seed), for identity types under the override caveat.
+    seed: Callable[[str], Carried | None] | None = None
     state: str = FILLING
     submitted: Submitted | None = None
     submitted_at: float = 0.0
     submitted_wall: float = 0.0  # epoch seconds of the first submit (the manifest's age)
     resubmits: int = 0
     claimed: int = 0  # rows claimed from the rows budget until the first submit acquired them
+    posting: bool = False  # a POST may have reached Target: revoke never cancels the batch
+    announced: bool = False  # a `submitting` record was written (or tried)
     task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -162,6 +200,8 @@ class BulkSender:
         self._wall_clock = wall_clock
         self._sources = Sources()
         self._filling: dict[tuple[str, int], _Batch] = {}
+        # (identity type, topic, partition, epoch) -> its batch filling: `take`'s one lookup.
+        self._fast: dict[tuple[str, str, int, int], _Batch] = {}
         self._live: list[_Batch] = []  # queued and submitted, in the order they were queued
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()  # a batch became final, or one was queued
@@ -210,33 +250,34 @@ class BulkSender:
         epoch: int,
     ) -> None:
         """Hold one mapped event in its batch. Raises InvalidBulkRow for an event no batch may
-        carry (the caller dead-letters it)."""
-        source = self._sources.index(topic, partition, epoch)
-        ref = self._sources.pack(source, offset)
-        batch = self._filling.get((identity_type, source))
+        carry (the caller dead-letters it). Called for every event of a backlog: one dict
+        lookup finds the batch filling for the event's identity type and source."""
+        fast = (identity_type, topic, partition, epoch)
+        batch = self._fast.get(fast)
         if batch is None:
-            batch = self._open(identity_type, source)
-        if not self._add(batch, identity, attributes, ref):
+            source = self._sources.index(topic, partition, epoch)
+            batch = self._filling.get((identity_type, source)) or self._open(identity_type, source)
+            self._fast[fast] = batch
+        ref = (batch.source << OFFSET_BITS) | offset
+        if not batch.builder.try_add(identity, attributes, ref, seed=batch.seed):
             self._queue(batch)
-            batch = self._open(identity_type, source)
-            if not self._add(batch, identity, attributes, ref):
+            batch = self._fast[fast] = self._open(identity_type, batch.source)
+            if not batch.builder.try_add(identity, attributes, ref, seed=batch.seed):
                 raise InvalidBulkRow("bulk_invalid_row", "the event alone is too large for a batch")
+        if not self.held:
+            self._idle.clear()
         self.held += 1
-        batch.last_event = self._clock()
-        self._idle.clear()
         if batch.builder.full:
             self._queue(batch)
-        elif self.full:
+        elif self.held >= self._s.max_held_events:
             self._queue_all()
 
-    def _add(self, batch: _Batch, identity: str, attributes: dict[str, str], ref: int) -> bool:
-        builder = batch.builder
-        if identity not in builder and self._carries(batch.identity_type):
-            self._close_other_rows(batch, identity)
-            # Kept encoded: merged under the event's values without decoding.
-            carried = self._carry.take_encoded(batch.identity_type, identity)
-            return builder.try_add(identity, attributes, ref, carried)
-        return builder.try_add(identity, attributes, ref)
+    def _seed(self, batch: _Batch, identity: str) -> Carried | None:
+        """A new row of a batch whose identity type carries (BatchBuilder calls this): what
+        earlier batches set for the profile, kept encoded (merged under the event's values
+        without decoding), once any other batch filling a row for it is queued first."""
+        self._close_other_rows(batch, identity)
+        return self._carry.take_encoded(batch.identity_type, identity)
 
     def _close_other_rows(self, batch: _Batch, identity: str) -> None:
         """The profile is still filling in another source's batch (events of one profile on
@@ -273,12 +314,15 @@ class BulkSender:
             int_refs=True,
         )
         batch = _Batch(next(self._seq), identity_type, source, builder, self._clock())
+        if self._carries(identity_type):
+            batch.seed = functools.partial(self._seed, batch)
         self._filling[(identity_type, source)] = batch
         return batch
 
     def _queue(self, batch: _Batch) -> None:
         """The batch takes no more events: remember what it carries, start its life."""
         del self._filling[(batch.identity_type, batch.source)]
+        self._fast.clear()  # rebuilt by the next events (a batch is queued rarely)
         if batch.builder.empty:
             return
         if self._carries(batch.identity_type):
@@ -308,15 +352,18 @@ class BulkSender:
         return due
 
     def flush_caught_up(self, *, idle_seconds: float, min_age_seconds: float) -> int:
-        """The work waiting is read (the wiring knows): queue the batches that got no event for
-        `idle_seconds` and are at least `min_age_seconds` old, rather than letting a drained
-        backlog wait out `max_batch_seconds`. Returns how many were queued."""
+        """The work waiting is read (the wiring knows, once a second): queue the batches that
+        got no event since this looked at them `idle_seconds` ago or more, and are at least
+        `min_age_seconds` old, rather than letting a drained backlog wait out
+        `max_batch_seconds`. Returns how many were queued."""
         now = self._clock()
-        due = [
-            b
-            for b in self._filling.values()
-            if now - b.last_event >= idle_seconds and now - b.opened >= min_age_seconds
-        ]
+        due = []
+        for batch in self._filling.values():
+            count = batch.builder.event_count
+            if count != batch.seen:
+                batch.seen, batch.quiet_since = count, now
+            elif now - batch.quiet_since >= idle_seconds and now - batch.opened >= min_age_seconds:
+                due.append(batch)
         for batch in due:
             self._queue(batch)
         return len(due)
@@ -395,7 +442,14 @@ class BulkSender:
                 # What this batch sets must be known to the next run before Target has it.
                 await self._carry.store.flush()
             try:
-                batch.submitted = await self._client.submit(batch.builder, batch.identity_type)
+                batch.submitted = await self._client.submit(
+                    batch.builder,
+                    batch.identity_type,
+                    before_post=functools.partial(self._before_post, batch),
+                )
+            except _HandedOver:
+                self._handed_over(batch)
+                return
             except PermanentBulkError as exc:
                 self._release_claim(batch)
                 self._metrics.batches.labels("rejected").inc()
@@ -433,6 +487,37 @@ class BulkSender:
                     "batch_id": batch.submitted.batch_id,
                     "resubmits": batch.resubmits,
                 },
+            )
+
+    async def _before_post(self, batch: _Batch) -> None:
+        """The client is about to POST (its calls unit taken): write the batch's `submitting`
+        record and wait until Kafka has it, so the next owner of its partition knows Target
+        may apply it; from then on the batch counts as posting (revoke waits for it)."""
+        topic, partition, epoch = self._sources.source(batch.source)
+        if not self._tracker.owns((topic, partition), epoch):
+            raise _HandedOver  # the next owner sends these events; an attempt now could land late
+        if self._manifest is not None:
+            batch.announced = True
+            entry = self._entry(batch, SUBMITTING)
+            if not await self._manifest.written(entry, MANIFEST_WRITE_SECONDS):
+                log.warning(
+                    "bulk batch not posted: its manifest record could not be written",
+                    extra={"event": "bulk_manifest_unwritten", "rows": entry["rows"]},
+                )
+                raise RetryableBulkError("manifest", "the bulk manifest record was not written")
+        batch.posting = True
+
+    def _handed_over(self, batch: _Batch) -> None:
+        """No further POST for a batch of a partition now someone else's: its events are
+        released (the next owner reads them again). One never posted is recorded `dropped`;
+        one that was keeps its last record, which bounds the next owner's wait."""
+        self._release(batch, batch.builder.event_count)
+        if batch.announced and not batch.posting:
+            self._note(batch, DROPPED)
+        else:
+            log.info(
+                "bulk batch handed over before Target accepted it",
+                extra={"event": "bulk_batch_handed_over", "rows": batch.builder.row_count},
             )
 
     def _release_claim(self, batch: _Batch) -> None:
@@ -574,7 +659,23 @@ class BulkSender:
 
     def _note(self, batch: _Batch, state: str, error: str = "", failed_rows: int = 0) -> None:
         """Log the step and record it in the manifest (`profile-consumer bulk status`)."""
-        submitted = batch.submitted
+        entry = self._entry(batch, state, error, failed_rows)
+        log.info(
+            f"bulk batch {state}: {entry['rows']} rows, {entry['events']} events",
+            extra={
+                "event": f"bulk_batch_{state}",
+                **{k: v for k, v in entry.items() if k not in ("key", "replica")},
+            },
+        )
+        if self._manifest is not None:
+            self._manifest.record(entry)
+
+    def _entry(
+        self, batch: _Batch, state: str, error: str = "", failed_rows: int = 0
+    ) -> dict[str, Any]:
+        # A `submitting` record names no batch: the POST about to start may create a new one,
+        # and a poll of the previous (stuck) one must not release the partition.
+        submitted = batch.submitted if state != SUBMITTING else None
         tps = sorted({self._sources.source(batch.source)[:2]})
         entry: dict[str, Any] = {
             "key": f"{self._replica}-{batch.seq}",
@@ -595,15 +696,7 @@ class BulkSender:
         }
         if error:
             entry["error"] = error[:300]
-        log.info(
-            f"bulk batch {state}: {entry['rows']} rows, {entry['events']} events",
-            extra={
-                "event": f"bulk_batch_{state}",
-                **{k: v for k, v in entry.items() if k not in ("key", "replica")},
-            },
-        )
-        if self._manifest is not None:
-            self._manifest.record(entry)
+        return entry
 
     # --- loop, gauges, shutdown, revocation -------------------------------------------------
 
@@ -684,27 +777,36 @@ class BulkSender:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def revoke(self, tps: set[TopicPartition], wait: float) -> None:
-        """The partitions leave this member: their unsent rows are dropped, their submitted
-        batches get up to `wait` seconds to become final."""
+        """The partitions leave this member: their rows never POSTed are dropped, the batches
+        whose POST may have started get up to `wait` seconds to become final, and the manifest
+        is flushed within what is left of `wait`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         sources = self._sources.indexes_of(tps)
         if not sources:
             return
         for key, batch in list(self._filling.items()):
             if batch.source in sources:
                 del self._filling[key]
+                self._fast.clear()
                 self._release(batch, batch.builder.event_count)
         forgotten = self._carry.forget_sources(sources)
-        unsent = [b for b in self._live if b.source in sources and b.submitted is None]
+        unsent = [
+            b for b in self._live if b.source in sources and b.submitted is None and not b.posting
+        ]
         for batch in unsent:
             if batch.task is not None:
                 batch.task.cancel()
         await asyncio.gather(*(b.task for b in unsent if b.task), return_exceptions=True)
         for batch in unsent:
             self._release(batch, batch.builder.event_count)
+            if batch.announced:
+                self._note(batch, DROPPED)  # its `submitting` record may be in Kafka
         pending = [b.done.wait() for b in self._live if b.source in sources]
         if pending and wait > 0:
             await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=wait)
         left = sum(1 for b in self._live if b.source in sources)
+        flushed = await self._flush_manifest(max(0.0, deadline - loop.time()))
         log.info(
             "bulk: partitions handed over",
             extra={
@@ -712,5 +814,23 @@ class BulkSender:
                 "dropped_unsent": len(unsent),
                 "carry_forgotten": forgotten,
                 "submitted_not_final": left,
+                "manifest_flushed": flushed,
             },
         )
+
+    async def _flush_manifest(self, timeout: float) -> bool:
+        """Every record about the revoked partitions' batches in Kafka before they go: the
+        next owner reads the manifest up to its assignment (foreign.py)."""
+        if self._manifest is None or await self._manifest.flush(timeout):
+            return True
+        log.warning(
+            "bulk manifest not flushed before the hand-over",
+            extra={"event": "bulk_manifest_unflushed", "timeout": timeout},
+        )
+        return False
+
+    async def catch_up(self, tps: set[TopicPartition]) -> None:
+        """Newly assigned partitions: hold them back until the other members' batches written
+        to the manifest before now are known (consumer/bulk/foreign.py)."""
+        if self._foreign is not None and tps:
+            await self._foreign.catch_up(tps)

@@ -7,7 +7,10 @@
 - `single_started(key)` / `single_done(key, accepted)`: the pipeline sends a single update
   (an accepted one ends the override caveat, a refused one does not);
 - `full`: the held events reached `bulk.max_held_events` (the intake pauses partitions);
-- `revoke(tps, wait)`: partitions leave (the intake's handover).
+- `revoke(tps, wait)`: partitions leave (the intake's handover);
+- `assignment_hook(loop)`: the source's assignment hook: new partitions wait, on the Kafka
+  thread and bounded, until the manifest is read up to the assignment (foreign.py), so no
+  record of theirs is read before the other members' batches holding them are known.
 
 `route` also sends to bulk the events of a partition that another member's batch not final
 still holds (consumer/bulk/foreign.py): a single update could land before that batch.
@@ -31,7 +34,7 @@ from consumer.bulk.carry_log import open_carry_store
 from consumer.bulk.client import BulkClient
 from consumer.bulk.endpoints import Endpoints
 from consumer.bulk.fallback import SingleFallback
-from consumer.bulk.foreign import ForeignBatches
+from consumer.bulk.foreign import CATCH_UP_SECONDS, ForeignBatches
 from consumer.bulk.held import Carry
 from consumer.bulk.limits import BulkLimits, open_shared_limits
 from consumer.bulk.manifest import KafkaManifest, open_manifest
@@ -90,6 +93,7 @@ class BulkTransport:
         self._closers = closers or []
         self._pipeline: PipelineSide | None = None
         self._waited: dict[str, float] = {}
+        self._closed = False
 
     def attach(self, pipeline: PipelineSide) -> None:
         self._pipeline = pipeline
@@ -128,6 +132,24 @@ class BulkTransport:
 
     async def revoke(self, tps: set[TopicPartition], wait: float) -> None:
         await self.sender.revoke(tps, wait)
+
+    def assignment_hook(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[list[TopicPartition]], None]:
+        """Runs `sender.catch_up` on the event loop and waits for it on the Kafka thread (the
+        loop is free meanwhile: it awaits the consume() call that runs the callback)."""
+
+        def assigned(tps: list[TopicPartition]) -> None:
+            if self._closed or not tps:
+                return  # shutting down: the manifest reader is gone, nothing will be sent
+            future = asyncio.run_coroutine_threadsafe(self.sender.catch_up(set(tps)), loop)
+            try:
+                future.result(CATCH_UP_SECONDS + 5.0)  # catch_up itself gives up sooner
+            except TimeoutError:
+                future.cancel()
+                log.warning("bulk catch-up did not finish", extra={"event": "bulk_catch_up_cut"})
+
+        return assigned
 
     def health(self) -> tuple[bool, str]:
         """The shared bulk budgets' (ledgers') health, for /readyz."""
@@ -183,6 +205,7 @@ class BulkTransport:
         return await self.sender.drain(timeout)
 
     async def close(self) -> None:
+        self._closed = True
         await self.sender.abandon()
         await self._limits.close()
         for close in self._closers:
@@ -227,7 +250,13 @@ async def open_bulk_transport(
         manifest.close()
         await limits.close()
         raise
-    foreign = ForeignBatches(replica=replica, horizon=b.carry_horizon_seconds, wall_clock=time.time)
+    foreign = ForeignBatches(
+        replica=replica,
+        horizon=b.carry_horizon_seconds,
+        wall_clock=time.time,
+        submitting_timeout=b.status_timeout_seconds,
+        mark=manifest.record,
+    )
     try:
         await manifest.follow(foreign)
     except BaseException:

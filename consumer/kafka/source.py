@@ -54,7 +54,10 @@ _DEFAULTS: dict[str, Any] = {
     "enable.partition.eof": False,
     # librdkafka prefetches up to queued.min.messages (100k) per partition, held in memory
     # even while the pipeline is full: peak RSS grew with the backlog (bench_backlog.py).
-    "queued.min.messages": 2000,
+    # The kilobytes bound is the one that holds memory (it wins over the count); a count of
+    # 2,000 (~600 KB of our events) stopped the fetcher so early that a busy consumer waited
+    # on Tansu for 26 % of a drain (docs/performance.md, section 7).
+    "queued.min.messages": 20000,
     "queued.max.messages.kbytes": 4096,
 }
 
@@ -71,6 +74,9 @@ class KafkaSource:
         self._tracker = tracker
         self._metrics = metrics
         self.on_revoked = on_revoked  # called on the Kafka thread, before the final commit
+        # Called on the Kafka thread after an assignment; may wait there (bounded) before any
+        # record of the new partitions is read (bulk: consumer/bulk/foreign.py, catch-up).
+        self.on_assigned: Callable[[list[TP]], None] = lambda tps: None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kafka")
         self._consumer: Consumer | None = None
         self._paused: set[TP] = set()
@@ -259,6 +265,10 @@ class KafkaSource:
         self.broker_up = True
         self._metrics.assigned_partitions.set(len(self._tracker.assigned()))
         log.info("partitions assigned", extra={"event": "assigned", "partitions": _names(tps)})
+        try:
+            self.on_assigned(tps)
+        except Exception:  # a failing hook must not kill the Kafka thread mid-rebalance
+            log.exception("assignment hook failed", extra={"event": "assigned_hook_failed"})
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
@@ -308,9 +318,27 @@ class KafkaSource:
             log.exception("handover failed", extra={"event": "handover_failed"})
 
     def unread(self) -> int:
-        """Records waiting in Kafka on the assigned partitions, as of the last statistics
-        (`statistics.interval.ms`); 0 before the first."""
-        return sum(self._unread.values())
+        """Records waiting in Kafka on the assigned partitions: the high watermark of the last
+        fetch response minus the position, both kept by librdkafka (no request is made), so a
+        drained backlog shows at once and not at the next statistics (5 s later: bulk's
+        caught-up flush waited for them). A partition without both yet counts as the last
+        statistics said (0 before the first)."""
+        consumer = self._consumer
+        if consumer is None:
+            return sum(self._unread.values())
+        total = 0
+        for topic, partition in self._tracker.assigned():
+            tp = TopicPartition(topic, partition)
+            try:
+                high = consumer.get_watermark_offsets(tp, cached=True)[1]
+                position = consumer.position([tp])[0].offset
+            except KafkaException:
+                high = position = -1
+            if high >= 0 and position >= 0:
+                total += max(0, high - position)
+            else:
+                total += self._unread.get((topic, partition), 0)
+        return total
 
     def _forget(self, tps: list[TP]) -> None:
         self._paused -= set(tps)

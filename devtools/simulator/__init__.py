@@ -96,6 +96,8 @@ Where Adobe documents nothing about bulk, the simulator's choices:
   works): the rows are recorded with ``at`` = the clock when applied, before any single update
   that arrives later. Per-row detail appears once complete; never for v1. Unknown ``batchId``:
   404; missing: 400. The batch id is ``<sequence>-<random hex>``.
+  ``bulk_answer_delay_seconds`` holds the answer to an accepted batch call that long (the batch
+  is accepted and processed from its arrival, whatever becomes of the caller).
 * v1 "updates existing profiles only", but the simulator, as for single updates, treats every
   identity as an existing profile, so a v1 row applies to any identity. The override caveat is
   applied to v2 ``thirdPartyId`` rows only (Adobe names only those); v1 rows and ``pcId`` rows

@@ -54,6 +54,8 @@ async def serve_bulk(
     if response is None and body is not None:
         if submit:
             response = await _submit(sim, head, body, route, _status_base(head, origin))
+            if response.status == 200 and config.bulk_answer_delay_seconds > 0:
+                await asyncio.sleep(config.bulk_answer_delay_seconds)
         else:
             response = await _status(sim, head)
     assert response is not None  # noqa: S101 - body None is always refused with a 413

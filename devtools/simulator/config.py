@@ -31,6 +31,9 @@ class SimulatorConfig:
     bulk_calls_per_minute: int = 50  # batch calls per rolling window; beyond: 503
     bulk_calls_window_seconds: float = 60.0  # that window (shortened by tests)
     bulk_processing_seconds: float = 0.2  # a batch is `incomplete` this long after its submit
+    # A batch call is accepted at once but answered this long after (an answer slow on the way
+    # back: the batch is processed whatever becomes of the caller).
+    bulk_answer_delay_seconds: float = 0.0
     bulk_row_failure_ids: frozenset[str] = frozenset()  # identities whose rows fail
     bulk_row_failure_ratio: float = 0.0  # share of rows failed, from the seeded dice
     bulk_stuck_ratio: float = 0.0  # share of batches that stay `stuck` forever
@@ -49,6 +52,7 @@ _SECONDS = (
     "early_grace_seconds",
     "bulk_calls_window_seconds",
     "bulk_processing_seconds",
+    "bulk_answer_delay_seconds",
     "quota_window_seconds",
     "latency_seconds",
     "latency_spike_seconds",

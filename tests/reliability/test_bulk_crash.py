@@ -47,6 +47,10 @@ def test_kill_9_with_bulk_batches_in_flight_loses_nothing(
         transport="bulk",
         max_batch_seconds=0.3,
         max_rows=150,
+        # A kill between a batch's `submitting` record and its answer leaves the next process
+        # unable to poll it: its partition waits this bound (docs/design.md), the default hour
+        # in production. The simulator finishes a batch in 0.6 s, so 10 s is far beyond it.
+        status_timeout_seconds=10.0,
         other={**COMMON, "kafka__config": {**QUICK_GROUP, **FAST_STATS}},
     )
     simulator.configure(bulk_processing_seconds=0.6)  # batches stay in flight a while

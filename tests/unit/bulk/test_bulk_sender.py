@@ -49,7 +49,11 @@ class FakeClient:
         self.gate.set()
 
     async def submit(
-        self, batch: BatchBuilder[Any] | bytes, identity_type: str, rows: int | None = None
+        self,
+        batch: BatchBuilder[Any] | bytes,
+        identity_type: str,
+        rows: int | None = None,
+        before_post: Any = None,
     ) -> Submitted:
         assert isinstance(batch, BatchBuilder)
         n = len(self.bodies)
