@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true", help="100,000 events, 20,000 profiles")
     parser.add_argument("--max-batch-seconds", type=float, default=60.0)
+    parser.add_argument("--keep-log", type=Path, help="copy the consumer's log here at the end")
     args = parser.parse_args()
     n, p = (100_000, 20_000) if args.quick else (args.events, args.profiles)
     group = f"bench-bulk-{int(time.time())}"
@@ -176,6 +178,8 @@ def main() -> None:
         hot = hot_path_rate(work, cfg, list(backlog(min(n, HOT_PATH_SAMPLE), p, seed=18)))
         figures = drain(work, cfg, broker.bootstrap, group, produced)
         stats = sim.stats()
+        if args.keep_log:
+            shutil.copyfile(work / "consumer.log", args.keep_log)
     rate = produced / figures["seconds"]
     single_events_h = produced / DEFAULT_QUOTA_PER_SECOND / 3600
     single_profiles_h = min(produced, p) / DEFAULT_QUOTA_PER_SECOND / 3600

@@ -98,9 +98,13 @@ class Pipeline:
         self._idle.set()
         self.buffered = 0
         # Counter.labels() takes a lock and builds a key on every call: resolve them once.
-        self._consumed: dict[str, Any] = {}
+        # Counted in plain ints and added to the counters by `publish_counts` (the intake calls
+        # it after every slice): a counter's inc() takes a lock, 0.85 us, twice per event.
+        self._consumed: dict[str, list[Any]] = {}  # topic -> [counter child, uncounted]
         self._mapped = metrics.events.labels("mapped")
         self._skipped = metrics.events.labels("skipped")
+        self._uncounted_mapped = 0
+        self._uncounted_skipped = 0
         self._sending = 0
         self._abandoned = False
         # Mapped updates go to bulk instead of the coalescer when it takes them: they leave
@@ -123,9 +127,9 @@ class Pipeline:
             event = exc
         consumed = self._consumed.get(record.topic)
         if consumed is None:
-            consumed = self._metrics.events_consumed.labels(record.topic)
+            consumed = [self._metrics.events_consumed.labels(record.topic), 0]
             self._consumed[record.topic] = consumed
-        consumed.inc()
+        consumed[1] += 1
         epoch = self._tracker.track((record.topic, record.partition), record.offset)
         try:
             if isinstance(event, DecodeError):
@@ -138,10 +142,10 @@ class Pipeline:
             self._spawn(self._dead_letter([EventRef(record, epoch)], exc))
             return
         if update is None:
-            self._skipped.inc()
+            self._uncounted_skipped += 1
             self._tracker.ack((record.topic, record.partition), record.offset, epoch)
             return
-        self._mapped.inc()
+        self._uncounted_mapped += 1
         # Bulk takes most events of a backlog: they never enter `buffered` (bulk bounds its
         # held events itself), so no EventRef and no gauge writes for them.
         if self._bulk is not None and self._bulk_takes(update, record, epoch):
@@ -154,6 +158,19 @@ class Pipeline:
         if self._coalescer.add(key, update.attributes, ref, self._clock(), source):
             self._metrics.coalesced_events.inc()
         self._wake.set()
+
+    def publish_counts(self) -> None:
+        """Add the events counted since the last call to the consumed/mapped/skipped counters."""
+        for entry in self._consumed.values():
+            if entry[1]:
+                entry[0].inc(entry[1])
+                entry[1] = 0
+        if self._uncounted_mapped:
+            self._mapped.inc(self._uncounted_mapped)
+            self._uncounted_mapped = 0
+        if self._uncounted_skipped:
+            self._skipped.inc(self._uncounted_skipped)
+            self._uncounted_skipped = 0
 
     # --- dispatch -------------------------------------------------------------------------
 

@@ -131,10 +131,11 @@ class Carry:
             key = (identity_type, identity)
             table.pop(key, None)  # re-inserted last: the dict's order is the age order
             table[key] = (expires, source, names, cells)
+        if self._suspended:
             # A row built while a single update was in flight: its batch lands after that
             # update (the barrier), so the caveat joins it to the next batch whatever the
             # update's fate.
-            self._suspended.discard(key)
+            self._suspended.difference_update((identity_type, identity) for identity, _ in kept)
         if self.store is not None:
             self.store.put(identity_type, kept, self._horizon, names)
         self._bound()

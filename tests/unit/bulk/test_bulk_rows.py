@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +13,7 @@ from consumer.bulk.rows import (
     BULK_MAX_ROWS,
     DEFAULT_MAX_BYTES,
     BatchBuilder,
+    encode_value,
 )
 from consumer.errors import InvalidBulkRow
 
@@ -209,3 +210,14 @@ def test_carried_cells_seed_a_new_row_under_the_events_values() -> None:
     assert rows["p2"] == {"tier": "silver", "city": "Zürich", "points": "7"}
     assert rows["p1"] == {"tier": "gold", "city": "Lyon"}
     assert builder.size == len(builder.render())
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | nasty)
+@settings(max_examples=400, deadline=None)
+def test_value_encoding_is_exactly_quote_with_nothing_safe(text: str) -> None:
+    # The fast path (a byte table, one replace per unsafe byte) against the standard library.
+    assert encode_value(text) == quote(text, safe="").encode("ascii")
+
+
+def test_value_encoding_escapes_the_percent_sign_once() -> None:
+    assert encode_value("100% & 5:00") == b"100%25%20%26%205%3A00"

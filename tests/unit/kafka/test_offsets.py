@@ -1,5 +1,12 @@
-import pytest
+import itertools
+import random
+from unittest.mock import patch
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer.kafka import offsets as offsets_module
 from consumer.kafka.offsets import OffsetTracker
 
 pytestmark = pytest.mark.unit
@@ -65,3 +72,32 @@ def test_records_of_unassigned_partitions_are_not_tracked() -> None:
     tracker = OffsetTracker()
     assert tracker.track(TP, 0) == -1
     assert tracker.outstanding() == 0
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=3), min_size=1, max_size=300),
+    st.randoms(use_true_random=False),
+)
+@settings(max_examples=200, deadline=None)
+def test_committable_is_the_first_unacked_offset_whatever_the_ack_order(
+    gaps: list[int], rng: random.Random
+) -> None:
+    # A small compaction threshold so the array drops its head many times in one example.
+    tracker = OffsetTracker()
+    tracker.assign([TP])
+    offsets = list(itertools.accumulate(gaps))
+    epoch = 0
+    for offset in offsets:
+        epoch = tracker.track(TP, offset)
+    order = offsets[:]
+    rng.shuffle(order)
+    acked: set[int] = set()
+    with patch.object(offsets_module, "COMPACT_AFTER", 4):
+        for offset in order:
+            tracker.ack(TP, offset, epoch)
+            acked.add(offset)
+            # Independent reference: the read offsets up to the first one not acked.
+            prefix = list(itertools.takewhile(lambda o: o in acked, offsets))
+            expected = {TP: prefix[-1] + 1} if prefix else {}
+            assert tracker.committable() == expected
+            assert tracker.outstanding() == len(offsets) - len(prefix)

@@ -31,7 +31,9 @@ def record(partition: int, offset: int) -> SourceRecord:
 
 def intake(submitted: list[SourceRecord]) -> Intake:
     decoder = SimpleNamespace(schema_to_fetch=lambda value: None)
-    pipeline = SimpleNamespace(buffered=0, decoder=decoder, submit=submitted.append)
+    pipeline = SimpleNamespace(
+        buffered=0, decoder=decoder, submit=submitted.append, publish_counts=lambda: None
+    )
     return Intake(
         settings=Settings(),
         source=SimpleNamespace(),  # type: ignore[arg-type]
