@@ -119,14 +119,7 @@ def run_consumer(
             if proc.poll() is not None:
                 raise RuntimeError(f"{group}: the consumer exited; see {group}.log")
         cpu = cpu_seconds(proc.pid) - cpu0
-    updates, wall = done - first, now - began
-    return {
-        "updates": updates,
-        "seconds": wall,
-        "rate": updates / wall,
-        "cpu_us_per_update": cpu / updates * 1e6,
-        "cpu_share": cpu / wall,
-    }
+    return figures(done - first, now - began, cpu)
 
 
 def run_naive(workdir: Path, bootstrap: str, url: str, group: str, count: int) -> dict[str, float]:
@@ -201,11 +194,15 @@ def run_bare(url: str, count: int) -> dict[str, float]:
     cpu0 = time.process_time()
     wall = asyncio.run(send_all())
     cpu = time.process_time() - cpu0
+    return figures(count, wall, cpu)
+
+
+def figures(updates: int, wall: float, cpu: float) -> dict[str, float]:
     return {
-        "updates": count,
+        "updates": updates,
         "seconds": wall,
-        "rate": count / wall,
-        "cpu_us_per_update": cpu / count * 1e6,
+        "rate": updates / wall,
+        "cpu_us_per_update": cpu / updates * 1e6,
         "cpu_share": cpu / wall,
     }
 

@@ -176,33 +176,30 @@ class BatchBuilder(Generic[Ref]):
         with the identity only when the event starts a new row, to get what it carries."""
         if not identity:
             raise InvalidBulkRow("bulk_invalid_row", "empty identity")
-        columns = self._columns
         index = self._index.get(identity)
         if index is None:
             if len(self._rows) >= self.max_rows:
                 return False
-            cells: list[bytes] = []
-            # `\n` + identity + a `,` per column
-            grown = self._size + 1 + len(encode_value(identity)) + len(columns)
             if carried is None and seed is not None:
                 carried = seed(identity)
-            if carried is not None:
-                names, carried_cells = carried
-                pairs = zip(names, carried_cells.split(b","), strict=False)
-                known = _set_cells(cells, pairs, columns, encoded=True)
-                if known is None:
-                    return self._add_general(identity, attributes, ref, index, carried)
-                grown += known
         else:
-            row = self._rows[index]
-            cells = row.split(b",") if row else []
-            grown = self._size
-        known = _set_cells(cells, attributes.items(), columns, encoded=False)
-        if known is None:  # a new attribute name: the header widens
-            return self._add_general(identity, attributes, ref, index, carried)
+            carried = None  # only a new row starts from what an earlier batch set
+        columns = self._columns
+        cells, grown = self._row_cells(index, identity)
+        known = _fill(cells, attributes, carried, columns)
+        new_names: list[str] = []
+        if known is None:  # a new attribute name: the header widens (a copy, until it fits)
+            new_names = _new_names(attributes, carried, columns)
+            columns, grown = self._widen(columns, new_names, grown, new_row=index is None)
+            cells = self._row_cells(index, identity)[0]
+            known = _fill(cells, attributes, carried, columns)
+            assert known is not None  # noqa: S101 - every name is a column now
         grown += known
         if grown > self.max_bytes:
             return False
+        if new_names:
+            self._header.extend(encode_cell(name) for name in new_names)
+            self._columns = columns
         # Only non-empty cells were set, the last one included: no trailing empty cell to cut.
         joined = b",".join(cells)
         if index is None:
@@ -215,56 +212,13 @@ class BatchBuilder(Generic[Ref]):
         self._refs.append(ref)
         return True
 
-    def _add_general(
-        self,
-        identity: str,
-        attributes: Mapping[str, str],
-        ref: Ref,
-        index: int | None,
-        carried: Carried | None,
-    ) -> bool:
-        # (name, encoded value) in the order they apply: carried first, the event's over them.
-        items = [(name, encode_value(value)) for name, value in attributes.items() if value]
-        columns = self._columns
+    def _row_cells(self, index: int | None, identity: str) -> tuple[list[bytes], int]:
+        """The row's cells as they are (none for a new row) and the batch's size with the row
+        in it: a new row adds `\n` + identity + a `,` per column."""
         if index is None:
-            if len(self._rows) >= self.max_rows:
-                return False
-            if carried is not None:
-                items = _carried_items(carried) + items
-            cells: list[bytes] = []
-            # `\n` + identity + a `,` per column
-            grown = self._size + 1 + len(encode_value(identity)) + len(columns)
-        else:
-            row = self._rows[index]
-            cells = row.split(b",") if row else []
-            grown = self._size
-        new_names = [name for name, _ in items if name not in columns]
-        if new_names:
-            new_names = list(dict.fromkeys(new_names))  # carried and event may share one
-            columns, grown = self._widen(columns, new_names, grown, new_row=index is None)
-        missing = len(columns) - len(cells)
-        if missing > 0:
-            cells.extend([b""] * missing)
-        for name, encoded in items:
-            at = columns[name]
-            grown += len(encoded) - len(cells[at])
-            cells[at] = encoded
-        if grown > self.max_bytes:
-            return False
-        if new_names:
-            self._header.extend(encode_cell(name) for name in new_names)
-            self._columns = columns
-        while cells and not cells[-1]:
-            cells.pop()  # trailing empty cells are padded by render()
-        if index is None:
-            index = self._index[identity] = len(self._rows)
-            self._rows.append(b",".join(cells))
-        else:
-            self._rows[index] = b",".join(cells)
-        self._size = grown
-        self._event_rows.append(index)
-        self._refs.append(ref)
-        return True
+            return [], self._size + 1 + len(encode_value(identity)) + len(self._columns)
+        row = self._rows[index]
+        return (row.split(b",") if row else []), self._size
 
     def _widen(
         self, columns: dict[str, int], new_names: list[str], grown: int, *, new_row: bool
@@ -374,9 +328,37 @@ def _set_cells(
     return grown
 
 
-def _carried_items(carried: Carried) -> list[tuple[str, bytes]]:
-    names, cells = carried
-    return [(names[i], cell) for i, cell in enumerate(cells.split(b",")) if cell]
+def _fill(
+    cells: list[bytes],
+    attributes: Mapping[str, str],
+    carried: Carried | None,
+    columns: dict[str, int],
+) -> int | None:
+    """What an earlier batch set (encoded), then the event's values over it: the bytes the row
+    grew, or None when a name is not a column yet."""
+    grown = 0
+    if carried is not None:
+        names, encoded = carried
+        pairs = zip(names, encoded.split(b","), strict=False)
+        from_carry = _set_cells(cells, pairs, columns, encoded=True)
+        if from_carry is None:
+            return None
+        grown = from_carry
+    from_event = _set_cells(cells, attributes.items(), columns, encoded=False)
+    return None if from_event is None else grown + from_event
+
+
+def _new_names(
+    attributes: Mapping[str, str], carried: Carried | None, columns: dict[str, int]
+) -> list[str]:
+    """Names with a value that are not columns yet, carried ones first, each once."""
+    names: list[str] = []
+    if carried is not None:
+        carried_names, encoded = carried
+        cells = encoded.split(b",")
+        names = [n for n, cell in zip(carried_names, cells, strict=False) if cell]
+    names += [name for name, value in attributes.items() if value]
+    return [name for name in dict.fromkeys(names) if name not in columns]
 
 
 def _check_name(name: str) -> None:

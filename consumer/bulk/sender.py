@@ -199,9 +199,8 @@ class BulkSender:
         self._replica = replica
         self._wall_clock = wall_clock
         self._sources = Sources()
-        self._filling: dict[tuple[str, int], _Batch] = {}
-        # (identity type, topic, partition, epoch) -> its batch filling: `take`'s one lookup.
-        self._fast: dict[tuple[str, str, int, int], _Batch] = {}
+        # (identity type, topic, partition, epoch) -> the batch filling: `take`'s one lookup.
+        self._filling: dict[tuple[str, str, int, int], _Batch] = {}
         self._live: list[_Batch] = []  # queued and submitted, in the order they were queued
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()  # a batch became final, or one was queued
@@ -252,16 +251,13 @@ class BulkSender:
         """Hold one mapped event in its batch. Raises InvalidBulkRow for an event no batch may
         carry (the caller dead-letters it). Called for every event of a backlog: one dict
         lookup finds the batch filling for the event's identity type and source."""
-        fast = (identity_type, topic, partition, epoch)
-        batch = self._fast.get(fast)
+        batch = self._filling.get((identity_type, topic, partition, epoch))
         if batch is None:
-            source = self._sources.index(topic, partition, epoch)
-            batch = self._filling.get((identity_type, source)) or self._open(identity_type, source)
-            self._fast[fast] = batch
+            batch = self._open(identity_type, self._sources.index(topic, partition, epoch))
         ref = (batch.source << OFFSET_BITS) | offset
         if not batch.builder.try_add(identity, attributes, ref, seed=batch.seed):
             self._queue(batch)
-            batch = self._fast[fast] = self._open(identity_type, batch.source)
+            batch = self._open(identity_type, batch.source)
             if not batch.builder.try_add(identity, attributes, ref, seed=batch.seed):
                 raise InvalidBulkRow("bulk_invalid_row", "the event alone is too large for a batch")
         if not self.held:
@@ -316,13 +312,15 @@ class BulkSender:
         batch = _Batch(next(self._seq), identity_type, source, builder, self._clock())
         if self._carries(identity_type):
             batch.seed = functools.partial(self._seed, batch)
-        self._filling[(identity_type, source)] = batch
+        self._filling[self._key(batch)] = batch
         return batch
+
+    def _key(self, batch: _Batch) -> tuple[str, str, int, int]:
+        return (batch.identity_type, *self._sources.source(batch.source))
 
     def _queue(self, batch: _Batch) -> None:
         """The batch takes no more events: remember what it carries, start its life."""
-        del self._filling[(batch.identity_type, batch.source)]
-        self._fast.clear()  # rebuilt by the next events (a batch is queued rarely)
+        del self._filling[self._key(batch)]
         if batch.builder.empty:
             return
         if self._carries(batch.identity_type):
@@ -788,7 +786,6 @@ class BulkSender:
         for key, batch in list(self._filling.items()):
             if batch.source in sources:
                 del self._filling[key]
-                self._fast.clear()
                 self._release(batch, batch.builder.event_count)
         forgotten = self._carry.forget_sources(sources)
         unsent = [

@@ -326,18 +326,21 @@ class KafkaSource:
         consumer = self._consumer
         if consumer is None:
             return sum(self._unread.values())
+        tps = [TopicPartition(topic, partition) for topic, partition in self._tracker.assigned()]
+        try:
+            positions = consumer.position(tps)
+        except KafkaException:
+            return sum(self._unread.values())
         total = 0
-        for topic, partition in self._tracker.assigned():
-            tp = TopicPartition(topic, partition)
+        for tp in positions:
             try:
                 high = consumer.get_watermark_offsets(tp, cached=True)[1]
-                position = consumer.position([tp])[0].offset
             except KafkaException:
-                high = position = -1
-            if high >= 0 and position >= 0:
-                total += max(0, high - position)
+                high = -1
+            if high >= 0 and tp.offset >= 0:
+                total += max(0, high - tp.offset)
             else:
-                total += self._unread.get((topic, partition), 0)
+                total += self._unread.get((tp.topic, tp.partition), 0)
         return total
 
     def _forget(self, tps: list[TP]) -> None:

@@ -20,16 +20,12 @@ from consumer.bulk.client import BulkClient
 from consumer.bulk.endpoints import Endpoints
 from consumer.bulk.foreign import ForeignBatches
 from consumer.target.http import Answer
+from tests.unit.bulk.test_bulk_client import BASE
+from tests.unit.bulk.test_bulk_client import OK as ACCEPTED
 from tests.unit.bulk.test_bulk_sender import Rig
 
 pytestmark = pytest.mark.unit
 
-BASE = "https://acme.tt.omtrdc.net"
-ACCEPTED = (
-    b"<response><success>true</success><batchId>b1</batchId><message>ok</message>"
-    b"<batchStatus>" + BASE.encode() + b"/m2/acme/v2/profile/batchStatus?batchId=b1"
-    b"</batchStatus></response>"
-)
 COMPLETE = (
     b"<response><batchId>b1</batchId><status>complete</status><batchSize>1</batchSize><rows>"
     b"<row><rowNumber>1</rowNumber><id>p1</id><status>success</status></row></rows></response>"
