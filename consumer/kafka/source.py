@@ -126,7 +126,7 @@ class KafkaSource:
         return self._consumer
 
     async def poll(self, max_messages: int, timeout: float) -> list[Message]:
-        messages: list[Message] = await self._call(self.consumer.consume, max_messages, timeout)
+        messages: list[Message] = await self._call(self._consume, max_messages, timeout)
         self._metrics.last_poll.set(time.time())
         good = []
         for message in messages:
@@ -317,31 +317,36 @@ class KafkaSource:
         except Exception:  # a failing hook must not kill the Kafka thread mid-rebalance
             log.exception("handover failed", extra={"event": "handover_failed"})
 
-    def unread(self) -> int:
-        """Records waiting in Kafka on the assigned partitions: the high watermark of the last
-        fetch response minus the position, both kept by librdkafka (no request is made), so a
-        drained backlog shows at once and not at the next statistics (5 s later: bulk's
-        caught-up flush waited for them). A partition without both yet counts as the last
-        statistics said (0 before the first)."""
+    def _consume(self, max_messages: int, timeout: float) -> list[Message]:
+        """On the Kafka thread: consume, then note what is left to read (`unread`)."""
+        messages: list[Message] = self.consumer.consume(max_messages, timeout)
+        self._measure_unread()
+        return messages
+
+    def _measure_unread(self) -> None:
+        """Per assigned partition: the high watermark of the last fetch answer minus the
+        position, both kept by librdkafka (no request), so a drained backlog shows at once and
+        not at the next statistics (5 s later: bulk's caught-up flush waited for them). Asked
+        here, on the Kafka thread: asked from the event loop, a call that waits for librdkafka
+        while a rebalance callback holds the Kafka thread waiting for the loop would block
+        both."""
         consumer = self._consumer
-        if consumer is None:
-            return sum(self._unread.values())
-        tps = [TopicPartition(topic, partition) for topic, partition in self._tracker.assigned()]
+        assigned = self._tracker.assigned()
+        if consumer is None or not assigned:
+            return
         try:
-            positions = consumer.position(tps)
-        except KafkaException:
-            return sum(self._unread.values())
-        total = 0
-        for tp in positions:
-            try:
+            positions = consumer.position([TopicPartition(t, p) for t, p in assigned])
+            for tp in positions:
                 high = consumer.get_watermark_offsets(tp, cached=True)[1]
-            except KafkaException:
-                high = -1
-            if high >= 0 and tp.offset >= 0:
-                total += max(0, high - tp.offset)
-            else:
-                total += self._unread.get((tp.topic, tp.partition), 0)
-        return total
+                if high >= 0 and tp.offset >= 0:
+                    self._unread[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        except KafkaException:
+            return  # the statistics still say it, 5 s later
+
+    def unread(self) -> int:
+        """Records waiting in Kafka on the assigned partitions, as of the last consume (or the
+        last statistics for a partition not read from yet; 0 before either)."""
+        return sum(self._unread.values())
 
     def _forget(self, tps: list[TP]) -> None:
         self._paused -= set(tps)
