@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from consumer.bulk.held import Carry
 from consumer.bulk.manifest import ensure_topic
+from consumer.bulk.rows import encode_row
 from consumer.config import Settings
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,15 @@ class KafkaCarryStore:
     def put(
         self,
         identity_type: str,
-        rows: list[tuple[str, bytes]],
+        rows: list[tuple[str, str | bytes]],
         expires_in: float,
         names: tuple[str, ...],
     ) -> None:
         expires = self._wall() + expires_in
-        for chunk in _chunks(rows):
+        # Written percent-encoded (the topic's format): a stored row's separators would take
+        # six bytes each as JSON escapes.
+        encoded = [(identity, encode_row(cells)) for identity, cells in rows]
+        for chunk in _chunks(encoded):
             value = {
                 "t": identity_type,
                 "e": expires,

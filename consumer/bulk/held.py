@@ -9,7 +9,8 @@ the question: the rare dead-lettered row re-reads its records from Kafka instead
 `Carry` is what Adobe's override caveat asks for: consecutive v2 batches for one profile, with
 no mbox call in between, leave the profile with only the later row's attributes. So each row
 carries again the attributes bulk sent for its profile since the profile's last single update:
-kept encoded as the batch encoded them (no decoding until used), for `horizon` seconds (Target
+kept as the batch stored them (its very row, no copy; rows learnt from the carry log stay
+percent-encoded as written there, consumer/bulk/rows.py reads both), for `horizon` seconds (Target
 processes a batch within 24 h, after which the caveat cannot join two batches), and for at most
 `max_profiles` profiles (the oldest is forgotten first, and counted, past that). A
 `CarryStore` (consumer/bulk/carry_log.py) makes it outlive the process and reach every replica:
@@ -23,8 +24,8 @@ import logging
 from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Protocol
-from urllib.parse import unquote
 
+from consumer.bulk.rows import Carried, decode_row
 from consumer.kafka.offsets import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class CarryStore(Protocol):
     def put(
         self,
         identity_type: str,
-        rows: list[tuple[str, bytes]],
+        rows: list[tuple[str, str | bytes]],
         expires_in: float,
         names: tuple[str, ...],
     ) -> None: ...
@@ -89,7 +90,7 @@ class CarryStore(Protocol):
 
 
 class Carry:
-    """Per profile, the attributes bulk sent it since its last single update (encoded)."""
+    """Per profile, the attributes bulk sent it since its last single update (stored rows)."""
 
     def __init__(
         self,
@@ -103,8 +104,8 @@ class Carry:
         self._max = max_profiles
         self._clock = clock
         self.store = store
-        # (identity type, identity) -> (expires at, source index, names, encoded cells)
-        self._rows: dict[tuple[str, str], tuple[float, int, tuple[str, ...], bytes]] = {}
+        # (identity type, identity) -> (expires at, source index, names, cells)
+        self._rows: dict[tuple[str, str], tuple[float, int, tuple[str, ...], str | bytes]] = {}
         # Profiles with a single update in flight: their entry is kept (the update may yet be
         # refused, and then Target still holds what bulk set) but carried by no new row (the
         # update may land first, and a carried older value would then overwrite its newer one).
@@ -117,16 +118,16 @@ class Carry:
     def remember(
         self,
         identity_type: str,
-        rows: Iterable[tuple[str, bytes]],
+        rows: Iterable[tuple[str, str]],
         names: tuple[str, ...],
         source: int,
     ) -> None:
-        """The rows of a batch that stopped taking events (`BatchBuilder.encoded_rows`)."""
+        """The rows of a batch that stopped taking events (`BatchBuilder.stored_rows`)."""
         if self._max <= 0 or self._horizon <= 0:
             return
         expires = self._clock() + self._horizon
         table = self._rows
-        kept = list(rows)
+        kept: list[tuple[str, str | bytes]] = list(rows)
         for identity, cells in kept:
             key = (identity_type, identity)
             table.pop(key, None)  # re-inserted last: the dict's order is the age order
@@ -172,21 +173,12 @@ class Carry:
 
     def take(self, identity_type: str, identity: str) -> dict[str, str] | None:
         """The attributes to carry for this profile (None: nothing to carry)."""
-        found = self.take_encoded(identity_type, identity)
-        if found is None:
-            return None
-        names, cells = found
-        return {
-            names[i]: unquote(cell.decode("ascii"), encoding="utf-8", errors="strict")
-            for i, cell in enumerate(cells.split(b","))
-            if cell
-        }
+        found = self.take_stored(identity_type, identity)
+        return None if found is None else decode_row(*found)
 
-    def take_encoded(
-        self, identity_type: str, identity: str
-    ) -> tuple[tuple[str, ...], bytes] | None:
-        """Like `take`, as kept: names and encoded cells (`BatchBuilder.try_add(carried=)`
-        merges them without decoding)."""
+    def take_stored(self, identity_type: str, identity: str) -> Carried | None:
+        """Like `take`, as kept: names and cells (`BatchBuilder.try_add(carried=)` merges
+        them as they are)."""
         if not self._rows:
             return None
         entry = self._rows.get((identity_type, identity))

@@ -10,12 +10,17 @@ The body is `batch=` then CSV: lines joined by `\\n`, cells by `,`, every header
 and value percent-encoded as UTF-8 with nothing left safe (so no cell holds a raw `,` `\\n` `&`
 `+` `%`). Header: `thirdPartyId` or `pcId`, then the attribute names in first-seen order.
 
-Memory: per profile one dict entry (identity -> row index) and one `bytes` row (its encoded
-cells after the identity, without the empty cells at its end: `render()` adds the identity and
-pads them); per event only the caller's `ref` and 4 bytes of row index. The caller should keep
-`ref` small (an int, a tuple of ints). The row holds no identity so that `encoded_rows` hands
-out the very `bytes` the builder keeps: the carry (consumer/bulk/held.py) keeps them for every
-profile sent, and a copy per row doubled that while the batch was alive, at the drain's peak.
+Memory: per profile one dict entry (identity -> row index), one `str` row (its raw values
+joined by SEP, escaped where a value holds SEP or ESC, without the empty cells at its end) and
+4 bytes of its encoded length; per event only the caller's `ref` and 4 bytes of row index. The
+caller should keep `ref` small (an int, a tuple of ints). The row holds no identity so that
+`stored_rows` hands out the very `str` the builder keeps: the carry (consumer/bulk/held.py) keeps
+them for every profile sent, and a copy per row doubled that while the batch was alive.
+
+Rows are kept raw and percent-encoded when rendered, once per row: encoding each event's values
+as it came cost a third of `try_add`, for values that later events of the profile mostly
+replace. The rendered size stays exact: an event changes its row's encoded length by what the
+UTF-8 bytes of the joined row say (a safe byte encodes to one byte, any other to three).
 
 Empty values are skipped: Target ignores them (an attribute cannot be cleared through bulk), so
 an empty value never overwrites an earlier value of the same profile in the batch.
@@ -23,11 +28,12 @@ an empty value never overwrites an earlier value of the same profile in the batc
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Generic, TypeVar, cast
+from typing import Generic, TypeVar, cast
 from urllib.parse import quote, unquote
 
 from consumer.errors import InvalidBulkRow
@@ -42,9 +48,14 @@ DEFAULT_MAX_BYTES = BULK_MAX_BYTES - 1024 * 1024
 ID_COLUMNS = {"mbox3rdPartyId": "thirdPartyId", "mboxPC": "pcId"}
 
 Ref = TypeVar("Ref")
-# What an earlier batch set for a profile: its attribute names and encoded cells, `,`-separated
-# (`BatchBuilder.encoded_rows`; consumer/bulk/held.py keeps them so).
-Carried = tuple[tuple[str, ...], bytes]
+# What an earlier batch set for a profile: its attribute names and its cells, either as a
+# builder stores them (`str`, `BatchBuilder.stored_rows`) or percent-encoded and `,`-separated
+# (`bytes`, as the carry log has them). consumer/bulk/held.py keeps them so.
+Carried = tuple[tuple[str, ...], str | bytes]
+# A stored row: raw values joined by SEP; in a value, ESC is stored ESC ESC and SEP ESC "0".
+SEP = "\x00"
+ESC = "\x01"
+_STORED_ESCAPE = re.compile("\x01(.)", re.DOTALL)
 
 
 @lru_cache(maxsize=4096)
@@ -69,7 +80,72 @@ def encode_value(text: str) -> bytes:
     raw = text.encode("ascii")
     if 0 not in raw.translate(_CHECK):
         return raw
-    unsafe = set(raw.translate(None, _SAFE))
+    return _escape(raw, set(raw.translate(None, _SAFE)))
+
+
+# A stored row is encoded in a few C passes: its SEP joining the cells is the one byte taken as
+# safe, and becomes `,` at the end.
+_CHECK_JOINED = b"\x01" + _CHECK[1:]
+_SAFE_JOINED = _SAFE + b"\x00"
+_UNSAFE = bytes(c for c in range(256) if c not in _SAFE)
+
+
+def encode_row(cells: str | bytes) -> bytes:
+    """A stored row's cells percent-encoded and `,`-separated (`bytes` are that already)."""
+    if isinstance(cells, bytes):
+        return cells
+    if ESC in cells or not cells.isascii():
+        return b",".join(encode_value(_unstore(cell)) for cell in cells.split(SEP))
+    raw = cells.encode("ascii")
+    if 0 in raw.translate(_CHECK_JOINED):
+        raw = _escape(raw, set(raw.translate(None, _SAFE_JOINED)))
+    return raw.replace(b"\x00", b",")
+
+
+def decode_row(names: tuple[str, ...] | list[str], cells: str | bytes) -> dict[str, str]:
+    """A stored (or encoded) row's attributes by name, empty cells left out."""
+    if isinstance(cells, bytes):
+        values = [_decode(cell) for cell in cells.split(b",")] if cells else []
+    else:
+        values = [_unstore(cell) for cell in cells.split(SEP)] if cells else []
+    return {names[i]: value for i, value in enumerate(values) if value}
+
+
+def _stored_cells(cells: str | bytes) -> list[str]:
+    """A carried row's cells as a builder stores them."""
+    if isinstance(cells, str):
+        return cells.split(SEP) if cells else []
+    text = cells.decode("ascii")
+    if "%" not in text:  # nothing was escaped, so no cell holds SEP or ESC either
+        return text.split(",") if text else []
+    return [_store(_unquote(cell)) if "%" in cell else cell for cell in text.split(",")]
+
+
+def _store(value: str) -> str:
+    if SEP in value or ESC in value:
+        return value.replace(ESC, ESC + ESC).replace(SEP, ESC + "0")
+    return value
+
+
+def _unstore(cell: str) -> str:
+    if ESC in cell:
+        return _STORED_ESCAPE.sub(lambda m: ESC if m.group(1) == ESC else SEP, cell)
+    return cell
+
+
+def _encoded_length(row: str, cells: int) -> int:
+    """The bytes of the row's values once encoded (the `,` between them not counted)."""
+    if ESC in row:
+        return sum(len(encode_value(_unstore(cell))) for cell in row.split(SEP))
+    raw = row.encode("utf-8")
+    unsafe = len(raw) - len(raw.translate(None, _UNSAFE))
+    separators = cells - 1 if cells else 0  # each counted as an unsafe byte above
+    return len(raw) + 2 * unsafe - 3 * separators
+
+
+def _escape(raw: bytes, unsafe: set[int]) -> bytes:
+    """`raw` with each byte of `unsafe` percent-encoded: one `replace` per distinct byte, `%`
+    first (the escapes add their own)."""
     if 37 in unsafe:  # `%`
         raw = raw.replace(b"%", b"%25")
         unsafe.discard(37)
@@ -112,7 +188,8 @@ class BatchBuilder(Generic[Ref]):
         self._columns: dict[str, int] = {}  # attribute name -> column index
         self._header: list[bytes] = [encode_cell(self.id_column)]
         self._index: dict[str, int] = {}  # identity -> row index (insertion order = row order)
-        self._rows: list[bytes] = []  # encoded cells (no identity), trailing empties left out
+        self._rows: list[str] = []  # stored cells (no identity), trailing empties left out
+        self._lengths = array("I")  # per row: its values' encoded length (`_encoded_length`)
         self._event_rows = array("I")  # per event: its row index
         self._refs: MutableSequence[Ref] = (
             cast(MutableSequence[Ref], array("q")) if int_refs else []
@@ -170,10 +247,10 @@ class BatchBuilder(Generic[Ref]):
         builder) is too large for bulk. Raises InvalidBulkRow for an event no batch may carry
         (an empty identity, an attribute name that is an identity column or empty).
 
-        `carried` (names, encoded cells as `encoded_rows` gives them) seeds a new row with
-        what an earlier batch set for the profile, under the event's own values: taken as
-        encoded, never decoded and encoded again. `seed`, when `carried` is not given: called
-        with the identity only when the event starts a new row, to get what it carries."""
+        `carried` (names and cells, as `stored_rows` gives them or encoded) seeds a new row
+        with what an earlier batch set for the profile, under the event's own values. `seed`,
+        when `carried` is not given: called with the identity only when the event starts a
+        new row, to get what it carries."""
         if not identity:
             raise InvalidBulkRow("bulk_invalid_row", "empty identity")
         index = self._index.get(identity)
@@ -182,43 +259,46 @@ class BatchBuilder(Generic[Ref]):
                 return False
             if carried is None and seed is not None:
                 carried = seed(identity)
+            row, old = "", 0
+            # A new row adds `\n` + identity + a `,` per column.
+            grown = self._size + 1 + len(encode_value(identity)) + len(self._columns)
         else:
             carried = None  # only a new row starts from what an earlier batch set
+            row, old, grown = self._rows[index], self._lengths[index], self._size
         columns = self._columns
-        cells, grown = self._row_cells(index, identity)
-        known = _fill(cells, attributes, carried, columns)
         new_names: list[str] = []
-        if known is None:  # a new attribute name: the header widens (a copy, until it fits)
+        cells = row.split(SEP) if row else []
+        if not _fill(cells, attributes, carried, columns):
+            # A new attribute name: the header widens (a copy, until the event fits).
             new_names = _new_names(attributes, carried, columns)
             columns, grown = self._widen(columns, new_names, grown, new_row=index is None)
-            cells = self._row_cells(index, identity)[0]
-            known = _fill(cells, attributes, carried, columns)
-            assert known is not None  # noqa: S101 - every name is a column now
-        grown += known
+            cells = row.split(SEP) if row else []
+            _fill(cells, attributes, carried, columns)
+        joined = SEP.join(cells)
+        if ESC in joined or joined.count(SEP) != (len(cells) - 1 if cells else 0):
+            # A value holds SEP or ESC (or an escaped one is in the row): store them escaped.
+            stored = {name: _store(value) for name, value in attributes.items()}
+            cells = row.split(SEP) if row else []
+            _fill(cells, stored, carried, columns)
+            joined = SEP.join(cells)
+        length = _encoded_length(joined, len(cells))
+        grown += length - old
         if grown > self.max_bytes:
             return False
         if new_names:
             self._header.extend(encode_cell(name) for name in new_names)
             self._columns = columns
-        # Only non-empty cells were set, the last one included: no trailing empty cell to cut.
-        joined = b",".join(cells)
         if index is None:
             index = self._index[identity] = len(self._rows)
             self._rows.append(joined)
+            self._lengths.append(length)
         else:
             self._rows[index] = joined
+            self._lengths[index] = length
         self._size = grown
         self._event_rows.append(index)
         self._refs.append(ref)
         return True
-
-    def _row_cells(self, index: int | None, identity: str) -> tuple[list[bytes], int]:
-        """The row's cells as they are (none for a new row) and the batch's size with the row
-        in it: a new row adds `\n` + identity + a `,` per column."""
-        if index is None:
-            return [], self._size + 1 + len(encode_value(identity)) + len(self._columns)
-        row = self._rows[index]
-        return (row.split(b",") if row else []), self._size
 
     def _widen(
         self, columns: dict[str, int], new_names: list[str], grown: int, *, new_row: bool
@@ -237,7 +317,7 @@ class BatchBuilder(Generic[Ref]):
     # --- reading -----------------------------------------------------------------------------
 
     def render(self) -> bytes:
-        """The request body: `batch=` + header + rows, joined once."""
+        """The request body: `batch=` + header + rows, each row encoded here, joined once."""
         # Appended in place: a line object per row (and a list of them) cost as much as the body
         # again at the drain's peak. Every line has `width - 1` commas.
         width = len(self._header)
@@ -248,8 +328,8 @@ class BatchBuilder(Generic[Ref]):
             out += encode_value(identity)
             if row:
                 out += b","
-                out += row
-                missing = width - 2 - row.count(b",")
+                out += encode_row(row)
+                missing = width - 2 - row.count(SEP)
             else:
                 missing = width - 1
             if missing:
@@ -268,9 +348,9 @@ class BatchBuilder(Generic[Ref]):
         """The rows' identities, in row order."""
         return iter(self._index)
 
-    def encoded_rows(self) -> Iterator[tuple[str, bytes]]:
-        """Per row: its identity and its encoded cells after the identity (`,`-separated, in
-        the order of `attribute_names`, trailing empty cells left out); nothing is decoded."""
+    def stored_rows(self) -> Iterator[tuple[str, str]]:
+        """Per row: its identity and its cells as stored (in the order of `attribute_names`,
+        trailing empty cells left out: `encode_row` and `decode_row` read them)."""
         for identity, index in self._index.items():
             yield identity, self._rows[index]
 
@@ -294,58 +374,40 @@ class BatchBuilder(Generic[Ref]):
         names = list(self._columns)
         grouped = self.refs_by_row()
         for number, (identity, index) in enumerate(self._index.items(), start=1):
-            row = self._rows[index]
-            cells = row.split(b",") if row else []
-            attributes = {names[i]: _decode(cell) for i, cell in enumerate(cells) if cell}
+            attributes = decode_row(names, self._rows[index])
             yield BatchRow(number, identity, attributes, tuple(grouped[index]))
 
 
-def _set_cells(
-    cells: list[bytes],
-    pairs: Iterable[tuple[str, Any]],  # str values, or bytes ones already `encoded`
-    columns: dict[str, int],
-    *,
-    encoded: bool,
-) -> int | None:
-    """Set each (name, value) pair's cell, empty values skipped (values encoded unless
-    `encoded`); returns how many bytes the row grew, or None at the first name that is not a
-    column yet (then `cells` is half-set: the caller drops it and takes the general path).
-    The common case without a list per event: a profile's events mostly set known columns."""
+def _set_cells(cells: list[str], pairs: Iterable[tuple[str, str]], columns: dict[str, int]) -> bool:
+    """Set each (name, value) pair's cell, empty values skipped; False at the first name that is
+    not a column yet (then `cells` is half-set: the caller drops it and widens the columns). No
+    list per event: a profile's events mostly set known columns."""
     width = len(cells)
-    grown = 0
     for name, value in pairs:
-        if not value:
-            continue
-        at = columns.get(name)
-        if at is None:
-            return None
-        cell: bytes = value if encoded else encode_value(value)
-        if at >= width:
-            cells.extend([b""] * (at + 1 - width))
-            width = at + 1
-        grown += len(cell) - len(cells[at])
-        cells[at] = cell
-    return grown
+        if value:
+            at = columns.get(name)
+            if at is None:
+                return False
+            if at >= width:
+                cells.extend([""] * (at + 1 - width))
+                width = at + 1
+            cells[at] = value
+    return True
 
 
 def _fill(
-    cells: list[bytes],
+    cells: list[str],
     attributes: Mapping[str, str],
     carried: Carried | None,
     columns: dict[str, int],
-) -> int | None:
-    """What an earlier batch set (encoded), then the event's values over it: the bytes the row
-    grew, or None when a name is not a column yet."""
-    grown = 0
+) -> bool:
+    """What an earlier batch set, then the event's values over it; False when a name is not a
+    column yet."""
     if carried is not None:
-        names, encoded = carried
-        pairs = zip(names, encoded.split(b","), strict=False)
-        from_carry = _set_cells(cells, pairs, columns, encoded=True)
-        if from_carry is None:
-            return None
-        grown = from_carry
-    from_event = _set_cells(cells, attributes.items(), columns, encoded=False)
-    return None if from_event is None else grown + from_event
+        names, stored = carried
+        if not _set_cells(cells, zip(names, _stored_cells(stored), strict=False), columns):
+            return False
+    return _set_cells(cells, attributes.items(), columns)
 
 
 def _new_names(
@@ -354,8 +416,8 @@ def _new_names(
     """Names with a value that are not columns yet, carried ones first, each once."""
     names: list[str] = []
     if carried is not None:
-        carried_names, encoded = carried
-        cells = encoded.split(b",")
+        carried_names, stored = carried
+        cells = _stored_cells(stored)
         names = [n for n, cell in zip(carried_names, cells, strict=False) if cell]
     names += [name for name, value in attributes.items() if value]
     return [name for name in dict.fromkeys(names) if name not in columns]
@@ -369,4 +431,8 @@ def _check_name(name: str) -> None:
 
 
 def _decode(cell: bytes) -> str:
-    return unquote(cell.decode("ascii"), encoding="utf-8", errors="strict")
+    return _unquote(cell.decode("ascii"))
+
+
+def _unquote(cell: str) -> str:
+    return unquote(cell, encoding="utf-8", errors="strict")

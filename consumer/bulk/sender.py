@@ -270,10 +270,10 @@ class BulkSender:
 
     def _seed(self, batch: _Batch, identity: str) -> Carried | None:
         """A new row of a batch whose identity type carries (BatchBuilder calls this): what
-        earlier batches set for the profile, kept encoded (merged under the event's values
-        without decoding), once any other batch filling a row for it is queued first."""
+        earlier batches set for the profile, as kept (merged under the event's values), once
+        any other batch filling a row for it is queued first."""
         self._close_other_rows(batch, identity)
-        return self._carry.take_encoded(batch.identity_type, identity)
+        return self._carry.take_stored(batch.identity_type, identity)
 
     def _close_other_rows(self, batch: _Batch, identity: str) -> None:
         """The profile is still filling in another source's batch (events of one profile on
@@ -326,7 +326,7 @@ class BulkSender:
         if self._carries(batch.identity_type):
             names = tuple(batch.builder.attribute_names)
             self._carry.remember(
-                batch.identity_type, batch.builder.encoded_rows(), names, batch.source
+                batch.identity_type, batch.builder.stored_rows(), names, batch.source
             )
         batch.state = QUEUED
         self._live.append(batch)

@@ -13,6 +13,8 @@ from consumer.bulk.rows import (
     BULK_MAX_ROWS,
     DEFAULT_MAX_BYTES,
     BatchBuilder,
+    decode_row,
+    encode_row,
     encode_value,
 )
 from consumer.errors import InvalidBulkRow
@@ -51,9 +53,12 @@ def as_rows(header: list[str], rows: list[list[str]]) -> dict[str, dict[str, str
     }
 
 
-# Names and values with everything that could break a CSV or a form body.
+# Names and values with everything that could break a CSV or a form body, or the builder's
+# stored rows (NUL joins their cells, \x01 escapes).
 nasty = st.text(
-    alphabet=st.one_of(st.sampled_from(list(",\n\r%&+= ;\"'\\#?")), st.characters(codec="utf-8")),
+    alphabet=st.one_of(
+        st.sampled_from(list(",\n\r%&+= ;\"'\\#?\x00\x01")), st.characters(codec="utf-8")
+    ),
     max_size=12,
 )
 names = nasty.filter(lambda n: n not in ("", "thirdPartyId", "pcId"))
@@ -221,3 +226,40 @@ def test_value_encoding_is_exactly_quote_with_nothing_safe(text: str) -> None:
 
 def test_value_encoding_escapes_the_percent_sign_once() -> None:
     assert encode_value("100% & 5:00") == b"100%25%20%26%205%3A00"
+
+
+def test_values_holding_the_stored_rows_separator_or_escape_come_back_exactly() -> None:
+    builder: BatchBuilder[int] = BatchBuilder(identity_type="mbox3rdPartyId")
+    builder.add("p1", {"a": "x\x00y", "b": "\x01"}, 1)
+    builder.add("p1", {"c": "plain"}, 2)  # a clean event on a row holding escaped cells
+    builder.add("p1", {"b": "\x01\x000\x01\x01"}, 3)
+    builder.add("p2", {"a": "\x00", "c": "%00"}, 4)
+    expected = {
+        "p1": {"a": "x\x00y", "b": "\x01\x000\x01\x01", "c": "plain"},
+        "p2": {"a": "\x00", "c": "%00"},
+    }
+    assert as_rows(*parse(builder.render())) == expected
+    assert {row.identity: row.attributes for row in builder.rows()} == expected
+    assert builder.size == len(builder.render())
+    names = builder.attribute_names
+    for identity, stored in builder.stored_rows():
+        assert decode_row(names, stored) == expected[identity]
+        assert decode_row(names, encode_row(stored)) == expected[identity]
+
+
+@given(events_strategy)
+@settings(max_examples=100, deadline=None)
+def test_a_stored_row_seeds_the_next_batch_as_its_encoded_form_does(events: list[Event]) -> None:
+    # What the carry holds: a batch's own stored rows, or the carry log's encoded ones.
+    first: BatchBuilder[int] = BatchBuilder(identity_type="mbox3rdPartyId")
+    for ref, (identity, attributes) in enumerate(events):
+        first.add(identity, attributes, ref)
+    names = tuple(first.attribute_names)
+    later = {"p": {"late": "1"}}
+    for form in (lambda cells: cells, encode_row):
+        second: BatchBuilder[int] = BatchBuilder(identity_type="mbox3rdPartyId")
+        for identity, stored in first.stored_rows():
+            assert second.try_add(identity, later["p"], 0, (names, form(stored)))
+        expected = {i: {**row, **later["p"]} for i, row in merged(events).items()}
+        assert as_rows(*parse(second.render())) == expected
+        assert second.size == len(second.render())
