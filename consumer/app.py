@@ -103,7 +103,7 @@ class App:
             dlq=dlq,
             metrics=self.metrics.bulk,
             kafka_config=producer_config(self.settings),
-            lag=source.unread,
+            lag=source.unread_by_partition,
             clock=clock,
             replica=replica_id(),
             deliver=delivery.deliver,
@@ -153,7 +153,16 @@ class App:
         tracker = OffsetTracker()
         dlq = DeadLetterWriter(producer_config(s), s.kafka.dlq_topic, self.metrics)
         self.source = source = KafkaSource(s.kafka, tracker, self.metrics)
-        self.bulk = bulk = await self._open_bulk(http, gate, tracker, dlq, source, clock, delivery)
+        # Subscribed before the bulk side opens (its ledgers, manifest and carry take a while):
+        # librdkafka joins the group meanwhile, and nothing is read (nor any rebalance callback
+        # served) before the intake's first poll.
+        await source.start()
+        try:
+            bulk = await self._open_bulk(http, gate, tracker, dlq, source, clock, delivery)
+        except BaseException:
+            await source.close()
+            raise
+        self.bulk = bulk
         if bulk is not None:
             # Not ready while a bulk budget's ledger is unusable (e.g. a skewed clock), as for
             # the single-update quota.
@@ -182,7 +191,6 @@ class App:
             on_turn=self._publish_ready,
             bulk=bulk,
         )
-        await source.start()
         background = [
             asyncio.create_task(pipeline.run()),
             asyncio.create_task(publish_forever(gate, self.metrics)),

@@ -47,6 +47,9 @@ class BulkSide(Protocol):
     @property
     def full(self) -> bool: ...
 
+    @property
+    def finals(self) -> int: ...
+
     async def revoke(self, tps: set[TopicPartition], wait: float) -> None: ...
 
     def assignment_hook(
@@ -88,6 +91,7 @@ class Intake:
         limit = s.pipeline.max_buffered_events
         paused = False
         last_commit = time.monotonic()
+        finals = 0
         # Revocations run on the Kafka thread, inside consume(): they wait there for the
         # revoked partitions' sends in flight before committing, so a write of ours cannot
         # land after the next owner's.
@@ -106,7 +110,11 @@ class Intake:
             messages = await source.poll(max(1, room), 0.2 if paused else 0.5)
             self._pending.extend(source_record(message) for message in messages)
             await self._submit_pending()
-            if time.monotonic() - last_commit >= s.kafka.commit_interval_seconds:
+            # A bulk batch that became final acked a whole backlog at once: committed now
+            # rather than at the next interval.
+            settled = self._bulk is not None and self._bulk.finals != finals
+            if settled or time.monotonic() - last_commit >= s.kafka.commit_interval_seconds:
+                finals = self._bulk.finals if self._bulk is not None else 0
                 await source.commit(self._tracker.committable())
                 last_commit = time.monotonic()
 

@@ -209,6 +209,7 @@ class BulkSender:
         self._idle = asyncio.Event()
         self._idle.set()
         self.held = 0
+        self.finals = 0  # batches that became final so far
 
     # --- intake side (called for every mapped event in bulk mode) ---------------------------
 
@@ -349,14 +350,22 @@ class BulkSender:
                 due = at if due is None else min(due, at)
         return due
 
-    def flush_caught_up(self, *, idle_seconds: float, min_age_seconds: float) -> int:
-        """The work waiting is read (the wiring knows, once a second): queue the batches that
-        got no event since this looked at them `idle_seconds` ago or more, and are at least
-        `min_age_seconds` old, rather than letting a drained backlog wait out
-        `max_batch_seconds`. Returns how many were queued."""
+    def flush_caught_up(
+        self,
+        *,
+        idle_seconds: float,
+        min_age_seconds: float,
+        partitions: set[TopicPartition] | None = None,
+    ) -> int:
+        """The work waiting is read (on `partitions`, or all; the wiring knows, every quarter
+        of a second): queue their batches that got no event since this looked at them
+        `idle_seconds` ago or more, and are at least `min_age_seconds` old, rather than letting
+        a drained backlog wait out `max_batch_seconds`. Returns how many were queued."""
         now = self._clock()
         due = []
-        for batch in self._filling.values():
+        for key, batch in self._filling.items():
+            if partitions is not None and (key[1], key[2]) not in partitions:
+                continue
             count = batch.builder.event_count
             if count != batch.seen:
                 batch.seen, batch.quiet_since = count, now
@@ -648,6 +657,7 @@ class BulkSender:
     def _final(self, batch: _Batch) -> None:
         self._release_claim(batch)  # cancelled (or failed) before its submit returned
         batch.state = FINAL
+        self.finals += 1
         if batch in self._live:
             self._live.remove(batch)
         batch.done.set()

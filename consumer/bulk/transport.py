@@ -7,6 +7,7 @@
 - `single_started(key)` / `single_done(key, accepted)`: the pipeline sends a single update
   (an accepted one ends the override caveat, a refused one does not);
 - `full`: the held events reached `bulk.max_held_events` (the intake pauses partitions);
+- `finals`: how many batches became final so far (the intake commits after each);
 - `revoke(tps, wait)`: partitions leave (the intake's handover);
 - `assignment_hook(loop)`: the source's assignment hook: new partitions wait, on the Kafka
   thread and bounded, until the manifest is read up to the assignment (foreign.py), so no
@@ -24,9 +25,10 @@ kept), sends what is filling when it switches back, and publishes the bulk gauge
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from consumer.bulk import answers
@@ -55,8 +57,11 @@ log = logging.getLogger(__name__)
 DECIDE_EVERY_SECONDS = 1.0
 # Once nothing waits (the backlog is read), a batch that got no event for this long goes
 # without waiting out bulk.max_batch_seconds, if it is at least a tenth of that old: a drained
-# backlog is sent at once, while a trickle in bulk mode still makes few, large batches.
-CAUGHT_UP_IDLE_SECONDS = 1.0
+# backlog is sent at once, while a trickle in bulk mode still makes few, large batches. Looked
+# at every CAUGHT_UP_EVERY_SECONDS (two figures, no ledger): the end of a drain waited 1 to 2 s
+# for the next decision before.
+CAUGHT_UP_EVERY_SECONDS = 0.25
+CAUGHT_UP_IDLE_SECONDS = 0.5
 CAUGHT_UP_AGE_SHARE = 0.1
 
 
@@ -79,7 +84,7 @@ class BulkTransport:
         limits: BulkLimits,
         gate: QuotaGate,
         metrics: BulkMetrics,
-        lag: Callable[[], int],
+        lag: Callable[[], Mapping[TopicPartition, int]],
         max_batch_seconds: float = 60.0,
         closers: list[Callable[[], Any]] | None = None,
     ) -> None:
@@ -130,6 +135,10 @@ class BulkTransport:
     def full(self) -> bool:
         return self.sender.full
 
+    @property
+    def finals(self) -> int:
+        return self.sender.finals
+
     async def revoke(self, tps: set[TopicPartition], wait: float) -> None:
         await self.sender.revoke(tps, wait)
 
@@ -162,7 +171,7 @@ class BulkTransport:
         buffered = self._pipeline.buffered if self._pipeline is not None else 0
         rate = snap.limit / snap.window_seconds if snap.window_seconds > 0 else 0.0
         return Figures(
-            waiting=buffered + self._lag(),
+            waiting=buffered + sum(self._lag().values()),
             rate=rate,
             remaining=snap.remaining,
             limit=snap.limit,
@@ -174,11 +183,7 @@ class BulkTransport:
         figures = self.figures()
         switch = self.mode.update(figures)
         if switch is None:
-            if figures.waiting == 0:
-                self.sender.flush_caught_up(
-                    idle_seconds=CAUGHT_UP_IDLE_SECONDS,
-                    min_age_seconds=self._max_batch_seconds * CAUGHT_UP_AGE_SHARE,
-                )
+            self.flush_caught_up()
             return
         if switch.to == "bulk" and self._pipeline is not None:
             self.sender.barrier(self._pipeline.sends_in_flight())
@@ -190,13 +195,32 @@ class BulkTransport:
         elif switch.to == "single":
             self.sender.flush_all()
 
+    def flush_caught_up(self) -> None:
+        """Queue the batches gone idle of the partitions read to their end, while no single
+        update waits. Per partition: a backlog's partitions are not read to their end at once
+        (librdkafka serves them unevenly), and the first one drained goes to Target while the
+        others are still read."""
+        if self._pipeline is not None and self._pipeline.buffered:
+            return
+        drained = {tp for tp, unread in self._lag().items() if unread == 0}
+        if drained:
+            self.sender.flush_caught_up(
+                idle_seconds=CAUGHT_UP_IDLE_SECONDS,
+                min_age_seconds=self._max_batch_seconds * CAUGHT_UP_AGE_SHARE,
+                partitions=drained,
+            )
+
     async def run(self) -> None:
         sending = asyncio.ensure_future(self.sender.run())
+        every = round(DECIDE_EVERY_SECONDS / CAUGHT_UP_EVERY_SECONDS)
         try:
-            while True:
-                self.decide()
-                self._limits.publish(self._metrics, self._waited)
-                await asyncio.sleep(DECIDE_EVERY_SECONDS)
+            for tick in itertools.count():
+                if tick % every == 0:
+                    self.decide()
+                    self._limits.publish(self._metrics, self._waited)
+                else:
+                    self.flush_caught_up()
+                await asyncio.sleep(CAUGHT_UP_EVERY_SECONDS)
         finally:
             sending.cancel()
             await asyncio.gather(sending, return_exceptions=True)
@@ -221,7 +245,7 @@ async def open_bulk_transport(
     dlq: DeadLetters,
     metrics: BulkMetrics,
     kafka_config: dict[str, Any],
-    lag: Callable[[], int],
+    lag: Callable[[], Mapping[TopicPartition, int]],
     clock: Callable[[], float],
     replica: str,
     deliver: Callable[[TargetRequest], Awaitable[None]] | None = None,

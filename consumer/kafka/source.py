@@ -348,6 +348,10 @@ class KafkaSource:
         last statistics for a partition not read from yet; 0 before either)."""
         return sum(self._unread.values())
 
+    def unread_by_partition(self) -> dict[TP, int]:
+        """Like `unread`, per partition (one not measured yet is absent)."""
+        return dict(self._unread)
+
     def _forget(self, tps: list[TP]) -> None:
         self._paused -= set(tps)
         for tp in tps:

@@ -121,7 +121,7 @@ async def test_events_of_a_held_back_partition_go_to_bulk_even_in_single_mode() 
         limits=None,  # type: ignore[arg-type] - route needs neither limits nor gate
         gate=None,  # type: ignore[arg-type]
         metrics=rig.metrics,
-        lag=lambda: 0,
+        lag=dict,
     )
 
     def route(partition: int, offset: int) -> bool:

@@ -355,6 +355,30 @@ async def test_a_drained_backlog_goes_without_waiting_out_max_batch_seconds() ->
     assert len(rig.client.bodies) == 1
 
 
+async def test_a_partition_read_to_its_end_goes_while_another_is_still_read() -> None:
+    rig = Rig(max_batch_seconds=60.0)
+    rig.take("p1", partition=0, a="1")
+    rig.take("p2", partition=1, a="2")
+    drained = {("t", 0)}  # partition 1 still has records waiting in Kafka
+    rig.clock.now = 6.0
+    assert (
+        rig.sender.flush_caught_up(idle_seconds=0.5, min_age_seconds=6.0, partitions=drained) == 0
+    )
+    rig.clock.now = 6.5
+    assert (
+        rig.sender.flush_caught_up(idle_seconds=0.5, min_age_seconds=6.0, partitions=drained) == 1
+    )
+    rig.clock.now = 7.0
+    assert (
+        rig.sender.flush_caught_up(idle_seconds=0.5, min_age_seconds=6.0, partitions=drained) == 0
+    )
+    filling = [b for b in rig.sender.batches() if b["state"] == "filling"]
+    assert [b["events"] for b in filling] == [1]  # p2's event still fills partition 1's batch
+    rig.sender.flush_all()
+    await rig.settle()
+    assert rig.client.rows == [[("p1", {"a": "1"})], [("p2", {"a": "2"})]]
+
+
 async def test_no_batch_goes_before_the_singles_in_flight_at_the_switch_are_done() -> None:
     rig = Rig()
     single_done = asyncio.Event()
