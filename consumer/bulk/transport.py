@@ -55,11 +55,11 @@ from consumer.target.request import TargetRequest
 log = logging.getLogger(__name__)
 
 DECIDE_EVERY_SECONDS = 1.0
-# Once nothing waits (the backlog is read), a batch that got no event for this long goes
-# without waiting out bulk.max_batch_seconds, if it is at least a tenth of that old: a drained
-# backlog is sent at once, while a trickle in bulk mode still makes few, large batches. Looked
-# at every CAUGHT_UP_EVERY_SECONDS (two figures, no ledger): the end of a drain waited 1 to 2 s
-# for the next decision before.
+# Once its partition is read to its end (and no single update waits), a batch that got no
+# event for this long goes without waiting out bulk.max_batch_seconds, if it is at least a tenth
+# of that old: a drained backlog is sent at once, while a trickle in bulk mode still makes few,
+# large batches. Looked at every CAUGHT_UP_EVERY_SECONDS (the source's per-partition counts, no
+# ledger): the end of a drain waited 1 to 2 s for the next decision before.
 CAUGHT_UP_EVERY_SECONDS = 0.25
 CAUGHT_UP_IDLE_SECONDS = 0.5
 CAUGHT_UP_AGE_SHARE = 0.1
