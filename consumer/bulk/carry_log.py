@@ -36,8 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 
+from consumer.bulk.follow import follow, read_until_quiet, topic_reader
 from consumer.bulk.held import Carry
 from consumer.bulk.manifest import ensure_topic
 from consumer.bulk.rows import encode_row
@@ -156,52 +157,37 @@ class KafkaCarryStore:
     async def load(self, carry: Carry) -> int:
         """Read the topic to its end into `carry`, then keep following it; returns the count
         read at start-up."""
-        loop = asyncio.get_running_loop()
-        consumer = Consumer(
-            {
-                **self._config,
-                "group.id": f"{self.topic}.reader",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
+        consumer = topic_reader(
+            self._config,
+            self.topic,
+            **{
                 "fetch.wait.max.ms": 50,
                 # librdkafka prefetches up to 64 MB a partition by default: bounded here.
                 "queued.max.messages.kbytes": 4096,
                 "queued.min.messages": 2000,
-                "logger": log,
-            }
+            },
         )
-        consumer.assign([TopicPartition(self.topic, 0, 0)])
-        with ThreadPoolExecutor(1) as pool:
-            loaded = await loop.run_in_executor(pool, self._read_until_idle, consumer, carry)
+        loaded = 0
 
-        def follow() -> None:
-            self._follow(consumer, carry, loop)
+        def take(messages: list[Any]) -> None:  # on the reading thread, before the loop uses it
+            nonlocal loaded
+            loaded += sum(self._apply(message, carry) for message in messages)
 
-        self._spawn("carry-read", follow)
+        if not await read_until_quiet(
+            consumer, take, idle=LOAD_IDLE_SECONDS, limit=LOAD_TIMEOUT_SECONDS, batch=1000
+        ):
+            log.warning("bulk carry: start-up read cut short", extra={"event": "carry_slow"})
+        self._threads.append(
+            follow(
+                consumer,
+                list,
+                partial(self._apply_all, carry=carry),
+                closed=self._closed,
+                batch=500,
+                name="carry-read",
+            )
+        )
         return loaded
-
-    def _read_until_idle(self, consumer: Consumer, carry: Carry) -> int:
-        count = 0
-        started = quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < LOAD_IDLE_SECONDS:
-            if time.monotonic() - started > LOAD_TIMEOUT_SECONDS:
-                log.warning("bulk carry: start-up read cut short", extra={"event": "carry_slow"})
-                break
-            batch = [m for m in consumer.consume(1000, 0.1) if m.error() is None]
-            if batch:
-                quiet_since = time.monotonic()
-            for message in batch:
-                count += self._apply(message, carry)
-        return count
-
-    def _follow(self, consumer: Consumer, carry: Carry, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            while not self._closed.is_set():
-                messages = [m for m in consumer.consume(500, 0.2) if m.error() is None]
-                if messages and not self._closed.is_set():
-                    loop.call_soon_threadsafe(self._apply_all, messages, carry)
-        finally:
-            consumer.close()
 
     def _apply_all(self, messages: list[Any], carry: Carry) -> None:
         for message in messages:

@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from consumer.bulk.follow import follow, read_until_quiet, topic_reader
 from consumer.bulk.foreign import ForeignBatches
 from consumer.config import Settings
 from consumer.errors import Unreachable
@@ -147,33 +148,24 @@ class KafkaManifest:
     async def follow(self, view: ForeignBatches) -> None:
         """Read the topic from the beginning into `view` until it is quiet (before the first
         assignment), then keep applying what it gets from a thread of its own."""
-        loop = asyncio.get_running_loop()
-        consumer = Consumer(
-            {
-                **self._config,
-                "group.id": f"{self.topic}.reader",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "fetch.wait.max.ms": 100,
-                "logger": log,
-            }
+        consumer = topic_reader(self._config, self.topic, **{"fetch.wait.max.ms": 100})
+        first: list[dict[str, Any]] = []
+        await read_until_quiet(
+            consumer,
+            lambda messages: first.extend(_entries(messages)),
+            idle=0.5,
+            limit=30.0,
+            batch=500,
         )
-        consumer.assign([TopicPartition(self.topic, 0, 0)])
-        with ThreadPoolExecutor(1) as pool:
-            first = await loop.run_in_executor(pool, _read_until_quiet, consumer)
         view.apply(first)
-
-        def follow() -> None:
-            try:
-                while not self._closed.is_set():
-                    entries = _entries(consumer.consume(200, 0.2))
-                    if entries and not self._closed.is_set():
-                        loop.call_soon_threadsafe(view.apply, entries)
-            finally:
-                consumer.close()
-
-        self._reader = threading.Thread(target=follow, name="bulk-manifest-read", daemon=True)
-        self._reader.start()
+        self._reader = follow(
+            consumer,
+            _entries,
+            view.apply,
+            closed=self._closed,
+            batch=200,
+            name="bulk-manifest-read",
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         self._producer.flush(timeout)
@@ -191,17 +183,6 @@ def _entries(messages: list[Any]) -> list[dict[str, Any]]:
                 entries.append(json.loads(message.value()))
             except ValueError:
                 continue  # not ours: skipped
-    return entries
-
-
-def _read_until_quiet(consumer: Consumer, idle: float = 0.5, limit: float = 30.0) -> list[Any]:
-    entries: list[dict[str, Any]] = []
-    started = quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < idle and time.monotonic() - started < limit:
-        batch = _entries(consumer.consume(500, 0.1))
-        if batch:
-            quiet_since = time.monotonic()
-            entries.extend(batch)
     return entries
 
 
