@@ -1,26 +1,18 @@
-"""Target's Bulk Profile Update API: the second transport, for backlogs (the core, unwired).
+"""Target's Bulk Profile Update API: the second transport, for backlogs (docs/design.md).
 
-Modules, each usable on its own:
-- `rows.BatchBuilder`: one batch for one identity type. `try_add(identity, attributes, ref)`
-  merges an event into its profile's row (False when the batch is full: render it, start the
-  next); `size` is exactly `len(render())`; `rows()` / `refs_by_row()` map Target's rowNumber
-  back to the refs of the events that row carries (for the DLQ), `refs()` gives all of them.
-  Pure; `ref` is whatever compact handle the caller keeps per event.
-- `answers`: `parse_submitted` -> `Submitted(batch_id, status_url)`, `parse_status` ->
-  `BatchStatus(state, size, rows, succeeded)` (rows: only those that did not succeed).
-- `endpoints.Endpoints`: batchUpdate URLs (v2; v1 for pcId with `bulk.pcid_api: v1`) and the
-  batchStatus URL rebuilt on the configured origin (the token never goes elsewhere).
-- `limits.BulkLimits`: the calls-a-minute and rows-a-day budgets, shared by replicas through
-  their own ledger topics (`open_shared_limits`) or local (`local_limits`).
-- `client.BulkClient`: `submit(builder, identity_type) -> Submitted` and
-  `status(submitted) -> BatchStatus`, retrying everything retryable, raising
-  PermanentBulkError (`bulk_rejected`, `bulk_status_refused`) for refusals.
-
-Wiring sketch (the pipeline's job): `http = open_client(...)`; `bulk_http = http.derive(
-timeout=settings.bulk.request_timeout_seconds, max_body=answers.MAX_STATUS_BODY, held=False)`;
-`limits = await open_shared_limits(settings, kafka_config, loop.time)`;
-`client = BulkClient.from_settings(settings, http=bulk_http, limits=limits,
-metrics=metrics.bulk, clock=loop.time)`; a builder per identity type with
-`max_rows=settings.bulk.batch_rows()`, `max_bytes=settings.bulk.max_bytes`; publish
-`limits.publish(metrics.bulk, waited)` once a second; `await limits.close()` at shutdown.
+Modules, by stage:
+- `transport.BulkTransport`: what the App wires (`open_bulk_transport`): the mode switch
+  (`mode`), the sender, the shared budgets; what the pipeline and the intake see of bulk.
+- `sender.BulkSender`: mapped events into batches, batches through Target, outcomes back to
+  offsets (acks, DLQ); the order and override-caveat rules live here.
+- `rows.BatchBuilder`: one batch for one identity type; `size` is exactly `len(render())`.
+  Pure; `ref` is whatever compact handle the caller keeps per event (`held` packs them).
+- `client.BulkClient`, `endpoints`, `answers`: the batchUpdate and batchStatus calls, retried,
+  and their answers parsed.
+- `limits.BulkLimits`: the calls-a-minute and rows-a-day budgets, shared through ledger topics.
+- `held.Carry` and `carry_log`: what earlier batches set per profile, kept in Kafka for
+  restarts and the other replicas; `manifest` and `foreign`: batches in flight, and the other
+  members' batches that hold a partition back; `follow`: how both topics are read back.
+- `fallback`: a batch the rows budget cannot take, sent as single updates; `reread`: records
+  of failed rows read again for the DLQ; `cli`: `profile-consumer bulk status`.
 """
