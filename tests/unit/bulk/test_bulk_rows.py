@@ -71,12 +71,18 @@ events_strategy = st.lists(
 )
 
 
-@given(events_strategy)
-@settings(max_examples=150, deadline=None)
-def test_rendered_batch_parses_back_to_the_merged_rows(events: list[Event]) -> None:
+def built(events: list[Event]) -> BatchBuilder[int]:
+    """A thirdPartyId batch holding `events`, each event's ref its position."""
     builder: BatchBuilder[int] = BatchBuilder(identity_type="mbox3rdPartyId")
     for number, (identity, attributes) in enumerate(events):
         builder.add(identity, attributes, number)
+    return builder
+
+
+@given(events_strategy)
+@settings(max_examples=150, deadline=None)
+def test_rendered_batch_parses_back_to_the_merged_rows(events: list[Event]) -> None:
+    builder = built(events)
     body = builder.render()
     assert builder.size == len(body)
     header, rows = parse(body)
@@ -251,15 +257,13 @@ def test_values_holding_the_stored_rows_separator_or_escape_come_back_exactly() 
 @settings(max_examples=100, deadline=None)
 def test_a_stored_row_seeds_the_next_batch_as_its_encoded_form_does(events: list[Event]) -> None:
     # What the carry holds: a batch's own stored rows, or the carry log's encoded ones.
-    first: BatchBuilder[int] = BatchBuilder(identity_type="mbox3rdPartyId")
-    for ref, (identity, attributes) in enumerate(events):
-        first.add(identity, attributes, ref)
+    first = built(events)
     names = tuple(first.attribute_names)
-    later = {"p": {"late": "1"}}
+    late = {"late": "1"}
     for form in (lambda cells: cells, encode_row):
         second: BatchBuilder[int] = BatchBuilder(identity_type="mbox3rdPartyId")
         for identity, stored in first.stored_rows():
-            assert second.try_add(identity, later["p"], 0, (names, form(stored)))
-        expected = {i: {**row, **later["p"]} for i, row in merged(events).items()}
+            assert second.try_add(identity, late, 0, (names, form(stored)))
+        expected = {i: {**row, **late} for i, row in merged(events).items()}
         assert as_rows(*parse(second.render())) == expected
         assert second.size == len(second.render())
