@@ -156,6 +156,9 @@ class BulkSettings(_Section):
     max_rows: int = Field(500_000, ge=1, le=500_000)
     # 1 MiB under Adobe's bound by default; the body is measured exactly (consumer/bulk/rows.py).
     max_bytes: int = Field(_BULK_MAX_BYTES - 1024 * 1024, ge=1024, lt=_BULK_MAX_BYTES)
+    # Rendered batch bodies held at once by this process, all batches together (a body lives
+    # from its render until its POST is over); a larger body still goes, alone.
+    max_rendered_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # v1 for pcId rows when the account uses ECID (Adobe: don't key v2 batches by pcId then).
     pcid_api: Literal["v1", "v2"] = "v2"
     # Rows per rolling 24 h and batch calls per rolling minute, for all replicas together.

@@ -219,6 +219,12 @@ class BulkMetrics:
             buckets=_BULK_BYTES_BUCKETS,
             registry=r,
         )
+        self.rendered_bytes = Gauge(
+            p + "rendered_bytes",
+            "Bytes of batch bodies rendered and not yet through their POST (bounded by "
+            "bulk.max_rendered_bytes).",
+            registry=r,
+        )
         self.status_polls = Counter(
             p + "status_polls",
             "batchStatus answers by state (complete, incomplete, stuck, error).",

@@ -9,7 +9,8 @@ Modules, by stage:
   Pure; `ref` is whatever compact handle the caller keeps per event (`held` packs them).
 - `client.BulkClient`, `endpoints`, `answers`: the batchUpdate and batchStatus calls, retried,
   and their answers parsed.
-- `limits.BulkLimits`: the calls-a-minute and rows-a-day budgets, shared through ledger topics.
+- `limits.BulkLimits`: the calls-a-minute and rows-a-day budgets, shared through ledger topics;
+  `bodies.BodyBudget`: this process's bound on rendered bodies.
 - `held.Carry` and `carry_log`: what earlier batches set per profile, kept in Kafka for
   restarts and the other replicas; `manifest` and `foreign`: batches in flight, and the other
   members' batches that hold a partition back; `follow`: how both topics are read back.

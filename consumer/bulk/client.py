@@ -1,14 +1,16 @@
 """BulkClient: submit a batch and ask for its status, retrying what is worth retrying.
 
 `submit(batch, identity_type)` takes the batch's rows from the shared rows budget once, then
-for every POST attempt one unit of the shared calls budget (consumer/bulk/limits.py), and
-returns `Submitted` once Target accepted the batch. `before_post`, when given, is awaited right
-before every POST attempt, after that attempt's calls unit is taken: the caller learns the last
-moment before a POST may reach Target (the sender writes its manifest record there, and from
-then on never cancels the batch); raising RetryableBulkError there skips that POST and retries
-it later (the calls unit is spent). `status(submitted)` GETs the batchStatus
-URL (on the configured origin, `showDetails=true`) and returns a `BatchStatus`; status polls
-take no budget.
+its body's bytes from this process's body budget (consumer/bulk/bodies.py) and only then
+renders it, then for every POST attempt one unit of the shared calls budget
+(consumer/bulk/limits.py), and returns `Submitted` once Target accepted the batch. A batch
+waiting for rows (hours, when the day's are spent) or for room holds no body. `before_post`,
+when given, is awaited right before every POST attempt, after that attempt's calls unit is
+taken: the caller learns the last moment before a POST may reach Target (the sender writes its
+manifest record there, and from then on never cancels the batch); raising RetryableBulkError
+there skips that POST and retries it later (the calls unit is spent). `status(submitted)` GETs
+the batchStatus URL (on the configured origin, `showDetails=true`) and returns a
+`BatchStatus`; status polls take no budget.
 
 Errors (consumer/errors.py):
 - PermanentBulkError: `success` false, or a 4xx other than 408/429. For a submit the batch is
@@ -40,6 +42,7 @@ from consumer.bulk.answers import (
     parse_status,
     parse_submitted,
 )
+from consumer.bulk.bodies import BodyBudget
 from consumer.bulk.endpoints import Endpoints
 from consumer.bulk.limits import BulkLimits
 from consumer.bulk.rows import BatchBuilder
@@ -80,7 +83,9 @@ class BulkClient:
         retry_after_max_seconds: float = 3600.0,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        bodies: BodyBudget | None = None,
     ) -> None:
+        """`bodies`: the body budget (unbounded when not given)."""
         self._http = http
         self.endpoints = endpoints
         self._limits = limits
@@ -92,6 +97,7 @@ class BulkClient:
         self._retry_after_max = retry_after_max_seconds
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.bodies = bodies or BodyBudget(2**62)
 
     @classmethod
     def from_settings(
@@ -120,6 +126,7 @@ class BulkClient:
             retry_base_seconds=t.retry_base_seconds,
             retry_cap_seconds=t.retry_cap_seconds,
             retry_after_max_seconds=t.retry_after_max_seconds,
+            bodies=BodyBudget(settings.bulk.max_rendered_bytes, metrics.rendered_bytes.set),
         )
 
     # --- the calls ---------------------------------------------------------------------------
@@ -134,24 +141,26 @@ class BulkClient:
     ) -> Submitted:
         """Send one batch until Target accepts it; `rows` is required with a raw body."""
         if isinstance(batch, BatchBuilder):
-            body, rows = batch.render(), batch.row_count
+            size, rows = batch.size, batch.row_count
         elif rows is None:
             raise ValueError("rows is required with a raw body")
         else:
-            body = batch
+            size = len(batch)
         url = self.endpoints.submit_url(identity_type)
         await self._limits.rows.acquire(max(1, rows))
-        self._metrics.batch_rows.observe(rows)
-        self._metrics.batch_bytes.observe(len(body))
+        async with self.bodies.hold(size):
+            body = batch.render() if isinstance(batch, BatchBuilder) else batch
+            self._metrics.batch_rows.observe(rows)
+            self._metrics.batch_bytes.observe(len(body))
 
-        async def attempt() -> Submitted:
-            await self._limits.calls.acquire()
-            if before_post is not None:
-                await before_post()
-            answer = await self._call("submit", "POST", url, body)
-            return self._submitted(answer)
+            async def attempt() -> Submitted:
+                await self._limits.calls.acquire()
+                if before_post is not None:
+                    await before_post()
+                answer = await self._call("submit", "POST", url, body)
+                return self._submitted(answer)
 
-        return await self._retrying("submit", attempt)
+            return await self._retrying("submit", attempt)
 
     async def status(self, submitted: Submitted, *, details: bool = True) -> BatchStatus:
         """The batch's status as Target reports it now (one answer, retried until usable)."""

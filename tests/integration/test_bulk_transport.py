@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from consumer.bulk.bodies import BodyBudget
 from devtools.samples import sample_events
 from tests.bulk_helpers import bulk_done, bulk_settings
 from tests.helpers import (
@@ -43,6 +44,34 @@ async def test_pinned_bulk_sends_every_profile_in_batches_and_commits(
     assert all(r.batch_id for r in simulator.received())  # nothing went through single updates
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == ends
     assert read_all(broker.bootstrap, topics["dlq"]) == []
+
+
+async def test_bodies_are_held_within_the_body_budget_and_larger_ones_alone(
+    broker, simulator, topics, make_settings, monkeypatch
+) -> None:
+    """bulk.max_rendered_bytes at its least (1 KiB, under most bodies): every batch still
+    goes, and a body is taken only when nothing is held or when it fits (a spy on the real
+    budget notes what was held whenever a body was taken)."""
+    takes: list[tuple[int, int]] = []  # (bytes held then, body size)
+    take = BodyBudget._take
+
+    def spy(self: BodyBudget, size: int) -> None:
+        takes.append((self.held, size))
+        take(self, size)
+
+    monkeypatch.setattr(BodyBudget, "_take", spy)
+    settings = bulk_settings(make_settings, transport="bulk", max_rendered_bytes=1024)
+    enc = encoder(settings)
+    events = sample_events(400, profiles=60, seed=12)
+    produce(broker.bootstrap, topics["topic"], ((event_key(e), enc.encode(e)) for e in events))
+    async with running(settings) as app:
+        await wait_until(lambda: bulk_done(app, len(events), topics["topic"]), 45)
+        submitted = app.metrics.bulk.batches.labels("accepted")._value.get()
+    assert submitted >= 2 and len(takes) == submitted
+    assert any(size > 1024 for _, size in takes)  # the alone rule was exercised
+    assert all(held == 0 or held + size <= 1024 for held, size in takes)
+    assert simulator.profiles() == expected_profiles(events)
+    assert_history_clean(simulator, events)
 
 
 async def test_failed_rows_reach_the_dlq_with_their_row_status(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping
 
@@ -9,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from consumer.bulk.answers import Submitted
+from consumer.bulk.bodies import BodyBudget
 from consumer.bulk.client import BulkClient
 from consumer.bulk.endpoints import Endpoints
 from consumer.bulk.limits import BulkLimits, local_limits
@@ -271,3 +273,77 @@ async def test_bulk_requests_neither_wait_for_nor_set_the_single_update_hold() -
     await single.request("GET", "http://t/m2/acme/profile/update")
     assert (hold.waited, hold.answers) == (1, [503])
     await client.aclose()
+
+
+class Counted(BatchBuilder[int]):
+    """A batch that counts its renders."""
+
+    renders = 0
+
+    def render(self) -> bytes:
+        self.renders += 1
+        return super().render()
+
+
+def counted(identity: str) -> Counted:
+    builder = Counted(identity_type="mbox3rdPartyId")
+    builder.add(identity, {"x": "1"}, 0)
+    return builder
+
+
+class HeldPost(Scripted):
+    """Like Scripted, but each request waits until `go` is set."""
+
+    def __init__(self, *replies: Reply) -> None:
+        super().__init__(*replies)
+        self.go = asyncio.Event()
+
+    async def request(
+        self, method: str, url: str, body: bytes = b"", content_type: str | None = None
+    ) -> Answer:
+        await self.go.wait()
+        return await super().request(method, url, body, content_type)
+
+
+class ClosedRows:
+    """A rows gate that grants nothing until opened."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+
+    async def acquire(self, n: int = 1) -> None:
+        await self.open.wait()
+
+
+async def test_a_second_body_is_rendered_only_once_the_first_post_is_over() -> None:
+    t = FakeTime(1_000.0)
+    http = HeldPost(answer(200, OK), answer(200, OK))
+    client, _, metrics = make(http, t)
+    first, second = counted("a"), counted("b")
+    client.bodies = BodyBudget(first.size, metrics.bulk.rendered_bytes.set)
+    tasks = [asyncio.ensure_future(client.submit(b, "mbox3rdPartyId")) for b in (first, second)]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert (first.renders, second.renders) == (1, 0)
+    assert value(metrics, "profile_consumer_bulk_rendered_bytes") == first.size
+    http.go.set()
+    await asyncio.gather(*tasks)
+    assert (first.renders, second.renders) == (1, 1)
+    assert [body for _, _, body, _ in http.asked] == [first.render(), second.render()]
+    assert value(metrics, "profile_consumer_bulk_rendered_bytes") == 0
+
+
+async def test_a_batch_waiting_for_rows_holds_no_body() -> None:
+    t = FakeTime(1_000.0)
+    http = Scripted(answer(200, OK))
+    client, limits, _ = make(http, t)
+    rows = ClosedRows()
+    client._limits = BulkLimits(calls=limits.calls, rows=rows)  # type: ignore[arg-type]
+    waiting = counted("a")
+    task = asyncio.ensure_future(client.submit(waiting, "mbox3rdPartyId"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert waiting.renders == 0 and client.bodies.held == 0
+    rows.open.set()
+    await task
+    assert waiting.renders == 1 and client.bodies.held == 0
