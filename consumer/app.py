@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.bulk.transport import BulkTransport, open_bulk_transport
 from consumer.config import Settings
+from consumer.decode_pool import DecodePool
 from consumer.dlq.writer import DeadLetterWriter
 from consumer.intake import Intake
 from consumer.kafka.clients import producer_config
@@ -55,6 +56,7 @@ class App:
         self.ops: OpsServer | None = None
         self.source: KafkaSource | None = None
         self.bulk: BulkTransport | None = None
+        self.pool: DecodePool | None = None
         self._intake: Intake | None = None
         self._quota_health: Callable[[], tuple[bool, str]] = lambda: (True, "ok")
         self._started = time.monotonic()
@@ -109,6 +111,21 @@ class App:
             deliver=delivery.deliver,
             endpoint_url=self.stages.endpoint_url,
         )
+
+    async def _open_pool(
+        self, source: KafkaSource, bulk: BulkTransport | None
+    ) -> DecodePool | None:
+        """The decode processes, if configured; if they cannot start, what opened is closed."""
+        processes = self.settings.pipeline.decode_processes
+        if not processes:
+            return None
+        try:
+            return await DecodePool.start(self.stages.spec, processes)
+        except BaseException:
+            if bulk is not None:
+                await bulk.close()
+            await source.close()
+            raise
 
     async def _stop_bulk(self, bulk: BulkTransport, timeout: float) -> None:
         """Batches not final by then stay unacked: their events are read and sent again."""
@@ -182,6 +199,7 @@ class App:
         )
         if bulk is not None:
             bulk.attach(pipeline)
+        self.pool = pool = await self._open_pool(source, bulk)
         self._intake = Intake(
             settings=s,
             source=source,
@@ -190,6 +208,7 @@ class App:
             tracker=tracker,
             on_turn=self._publish_ready,
             bulk=bulk,
+            pool=pool,
         )
         background = [
             asyncio.create_task(pipeline.run()),
@@ -215,6 +234,8 @@ class App:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if pool is not None:
+                await pool.close()
             await gate.close()  # gives back the unspent part of its lease
             await source.close()
             dlq.close()

@@ -75,6 +75,7 @@ class Decoder:
         self._clock = clock
         self._by_id: dict[int, BodyReader | DecodeError] = {}
         self._unknown_until: dict[int, float] = {}
+        self._texts: dict[int, str] = {}  # what the registry answered, by id (decode processes)
 
     def schema_to_fetch(self, value: bytes | None) -> int | None:
         """The registry id this value needs and the decoder has no answer for yet, if any.
@@ -117,6 +118,11 @@ class Decoder:
             raise DecodeError("bad_magic_byte", f"magic byte {magic} is not 0 (Confluent format)")
         return _read(value, _HEADER.size, self._reader_for(schema_id))
 
+    def schema_texts(self) -> dict[int, str]:
+        """The writer schemas the registry gave so far, by id (only ever grows): a decode process
+        (consumer/decode_pool.py) gets them from here instead of asking the registry itself."""
+        return self._texts
+
     def _reader_for(self, schema_id: int) -> BodyReader:
         entry = self._by_id.get(schema_id)
         if entry is None:
@@ -139,6 +145,7 @@ class Decoder:
         except KeyError:
             self._unknown_until[schema_id] = self._clock() + UNKNOWN_ID_TTL_SECONDS
             return
+        self._texts[schema_id] = text
         try:
             parsed = fastavro.parse_schema(json.loads(text))
             entry: BodyReader | DecodeError = body_reader(parsed, self._reader)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from confluent_kafka import Consumer, KafkaException
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -200,6 +199,9 @@ class PipelineSettings(_Section):
     shutdown_timeout_seconds: float = Field(20.0, ge=0)
     # /healthz fails when the poll loop has not turned for this long.
     stuck_after_seconds: float = Field(60.0, gt=0)
+    # Child processes that decode and map (consumer/decode_pool.py): 0 keeps it all in this
+    # process; 1 puts a second CPU to work on a backlog (about 43 MB more).
+    decode_processes: int = Field(0, ge=0, le=8)
 
 
 class LoggingSettings(_Section):
@@ -431,6 +433,9 @@ def _check_kafka_config(
     (cli.py reports those as configuration errors too).
     A client built without `bootstrap.servers` opens no connection; it is closed at once.
     """
+    # Imported here: a decode process (consumer/decode_pool.py) reads Settings and no Kafka.
+    from confluent_kafka import Consumer, KafkaException
+
     quiet = logging.Logger("librdkafka-config-check")
     quiet.disabled = True  # e.g. "producer property ignored by this consumer"
     problems = []

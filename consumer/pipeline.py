@@ -17,14 +17,15 @@ from typing import Any, Protocol
 
 from consumer.avro import Decoder
 from consumer.coalesce import Batch, Coalescer
-from consumer.errors import DecodeError, EventError, MappingError, PermanentDeliveryError
+from consumer.errors import EventError, PermanentDeliveryError
 from consumer.kafka.offsets import OffsetTracker
 from consumer.kafka.offsets import TopicPartition as TP
 from consumer.mapping import Mapper, ProfileUpdate
 from consumer.metrics import Metrics
+from consumer.prepare import Prepared, prepare
 from consumer.quota import Clock
 from consumer.record import SourceRecord
-from consumer.target.request import TargetRequest, build_requests, check_size
+from consumer.target.request import TargetRequest, build_requests
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +121,23 @@ class Pipeline:
 
     def submit(self, record: SourceRecord) -> None:
         """Take one consumed record; decode and map now, send later."""
-        try:
-            # Raises RegistryUnavailable before any bookkeeping: the caller retries the record.
-            event: dict[str, Any] | DecodeError = self._decoder.decode(record.value)
-        except DecodeError as exc:
-            event = exc
+        # Raises RegistryUnavailable before any bookkeeping: the caller retries the record.
+        self.accept(record, prepare(self._decoder, self._mapper, record.value))
+
+    def accept(self, record: SourceRecord, prepared: Prepared) -> None:
+        """Take one consumed record whose value `prepare` (here or in a decode process,
+        consumer/decode_pool.py) turned into an update, no update, or the event's error."""
         consumed = self._consumed.get(record.topic)
         if consumed is None:
             consumed = [self._metrics.events_consumed.labels(record.topic), 0]
             self._consumed[record.topic] = consumed
         consumed[1] += 1
         epoch = self._tracker.track((record.topic, record.partition), record.offset)
-        try:
-            if isinstance(event, DecodeError):
-                raise event
-            update = self._mapper.map(event)
-            if update is not None:
-                check_size(update.identity_type, update.identity, update.attributes)
-        except (DecodeError, MappingError, PermanentDeliveryError) as exc:
+        if isinstance(prepared, EventError):
             self._add_buffered(1)
-            self._spawn(self._dead_letter([EventRef(record, epoch)], exc))
+            self._spawn(self._dead_letter([EventRef(record, epoch)], prepared))
             return
+        update = prepared
         if update is None:
             self._uncounted_skipped += 1
             self._tracker.ack((record.topic, record.partition), record.offset, epoch)

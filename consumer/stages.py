@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from consumer.avro import Decoder, load_schema, registry_client, registry_lookup
 from consumer.config import Settings
 from consumer.mapping import Mapper, load_rules
+from consumer.prepare import StageSpec
 from consumer.target.request import endpoint
 
 if TYPE_CHECKING:
@@ -21,10 +22,13 @@ class Stages:
     mapper: Mapper
     endpoint_url: str
     reader_schema: dict[str, Any]  # the schema the rules read (and `preview` parses JSON with)
+    spec: StageSpec  # what a decode process builds its decoder and mapper from
 
 
 def build_stages(
-    settings: Settings, *, schema_registry: SchemaRegistryClient | None = None
+    settings: Settings,
+    *,
+    schema_registry: SchemaRegistryClient | None = None,
 ) -> Stages:
     """Load schemas and rules; raises ConfigError naming files and keys.
 
@@ -35,14 +39,19 @@ def build_stages(
     reader = load_schema(reader_path, f"avro.reader_schema ({reader_path})")
     rules_path = settings.resolve(settings.mapping.rules)
     rules = load_rules(rules_path, reader, str(rules_path))
+    writer, lookup = None, None
     if avro.schema_registry_url:
         client = schema_registry or registry_client(
             avro.schema_registry_url, avro.schema_registry_timeout_seconds
         )
-        decoder = Decoder(reader, registry_lookup=registry_lookup(client))
+        lookup = registry_lookup(client)
     else:
         writer_path = settings.resolve(avro.writer_schema)
         writer = load_schema(writer_path, f"avro.writer_schema ({writer_path})")
-        decoder = Decoder(reader, writer_schema=writer)
-    url = endpoint(settings.target.url(), settings.target.client_code)
-    return Stages(decoder=decoder, mapper=Mapper(rules), endpoint_url=url, reader_schema=reader)
+    return Stages(
+        decoder=Decoder(reader, writer, lookup),
+        mapper=Mapper(rules),
+        endpoint_url=endpoint(settings.target.url(), settings.target.client_code),
+        reader_schema=reader,
+        spec=StageSpec(reader, writer, rules_path),
+    )

@@ -26,10 +26,12 @@ from tests.helpers import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "decode-process"])
 async def test_pinned_bulk_sends_every_profile_in_batches_and_commits(
-    broker, simulator, topics, make_settings
+    broker, simulator, topics, make_settings, processes
 ) -> None:
-    settings = bulk_settings(make_settings, transport="bulk")
+    other = {"pipeline__decode_processes": processes}
+    settings = bulk_settings(make_settings, transport="bulk", other=other)
     enc = encoder(settings)
     events = sample_events(400, profiles=60, seed=11)
     ends = produce(

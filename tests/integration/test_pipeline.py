@@ -25,10 +25,11 @@ from tests.helpers import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "decode-process"])
 async def test_valid_events_reach_target_and_offsets_are_committed(
-    broker, simulator, topics, make_settings
+    broker, simulator, topics, make_settings, processes
 ) -> None:
-    settings = make_settings()
+    settings = make_settings(pipeline__decode_processes=processes)
     enc = encoder(settings)
     events = sample_events(300, profiles=40, seed=3)
     ends = produce(
@@ -36,16 +37,19 @@ async def test_valid_events_reach_target_and_offsets_are_committed(
     )
     async with running(settings) as app:
         await wait_until(lambda: finished(app, len(events), topics["topic"]), 60)
+        sent = app.pool.chunks if app.pool is not None else 0
+    assert (sent > 0) == bool(processes)  # the decode process did the work
     assert simulator.profiles() == expected_profiles(events)
     assert_history_clean(simulator, events)
     assert committed(broker.bootstrap, topics["group"], topics["topic"]) == ends
     assert read_all(broker.bootstrap, topics["dlq"]) == []
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "decode-process"])
 async def test_poison_reaches_the_dlq_with_its_reason_and_the_rest_flows(
-    broker, simulator, topics, make_settings
+    broker, simulator, topics, make_settings, processes
 ) -> None:
-    settings = make_settings()
+    settings = make_settings(pipeline__decode_processes=processes)
     enc = encoder(settings)
     rng = random.Random(5)
     good = sample_events(60, profiles=10, seed=9)
@@ -109,8 +113,9 @@ async def test_a_permanent_refusal_is_dead_lettered_with_http_status(
         )
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "decode-process"])
 async def test_skipped_events_are_counted_and_committed(
-    broker, simulator, topics, make_settings, tmp_path
+    broker, simulator, topics, make_settings, tmp_path, processes
 ) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(
@@ -118,7 +123,7 @@ async def test_skipped_events_are_counted_and_committed(
         "rules:\n  - name: loans\n    when: \"channel == 'LOAN'\"\n"
         "    attributes:\n      lastLoanProduct: payload.product\n"
     )
-    settings = make_settings(mapping__rules=str(rules))
+    settings = make_settings(mapping__rules=str(rules), pipeline__decode_processes=processes)
     enc = encoder(settings)
     events = sample_events(40, profiles=5, seed=2)
     ends = produce(

@@ -300,11 +300,12 @@ def failures_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "decode-process"])
 async def test_ten_thousand_malformed_records_never_stop_the_pipeline(
-    broker, simulator, topics, make_settings, caplog
+    broker, simulator, topics, make_settings, caplog, processes
 ) -> None:
     caplog.set_level(logging.WARNING)
-    settings = make_settings()
+    settings = make_settings(pipeline__decode_processes=processes)
     schema = load_schema(SCHEMA_PATH)
     corpus = Corpus(seed=66, enc=Encoder(schema), oracle=Decoder(schema, writer_schema=schema))
     corpus.add_valid(1_500)
@@ -361,8 +362,9 @@ async def test_ten_thousand_malformed_records_never_stop_the_pipeline(
 # --- the Confluent wire format, with confluent-kafka's mock Schema Registry ---------------
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "decode-process"])
 async def test_registry_mode_dead_letters_bad_magic_and_unknown_schema_ids(
-    broker, simulator, topics, make_settings, caplog, monkeypatch
+    broker, simulator, topics, make_settings, caplog, monkeypatch, processes
 ) -> None:
     """`mock://` registries are per client instance: the test hands the App the client it
     registered the schemas in, through SchemaRegistryClient.new_client (which
@@ -376,7 +378,9 @@ async def test_registry_mode_dead_letters_bad_magic_and_unknown_schema_ids(
     other_id = registry.register_schema("other-value", Schema(json.dumps(other), "AVRO"))
     not_avro = {"type": "object", "properties": {"x": {"type": "string"}}}
     json_id = registry.register_schema("json-value", Schema(json.dumps(not_avro), "JSON"))
-    settings = make_settings(avro__schema_registry_url="mock://fuzz")
+    settings = make_settings(
+        avro__schema_registry_url="mock://fuzz", pipeline__decode_processes=processes
+    )
 
     enc = Encoder(schema, schema_id=good_id)
     corpus = Corpus(seed=67, enc=enc, oracle=Decoder(schema, writer_schema=schema))
