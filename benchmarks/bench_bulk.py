@@ -2,11 +2,11 @@
 
 A backlog of N events over P profiles (drawn uniformly, keyed by profile) is produced first;
 then `profile-consumer run --config F` starts as a child process with `target.transport: bulk`
-and `pipeline.decode_processes: 1` by default (`--decode-processes`; the simulator in a process
-of its own, so the consumer's RSS and CPU are its own, its decode process included; the
-simulator's `max_records` bounded) and the clock runs until the group's committed offsets
-reach the end of every partition: every event read, batched, submitted, reported complete by
-Target, acked and committed. Printed:
+and the product's default `pipeline.decode_processes: 0` (`--decode-processes N` to compare; the
+simulator in a process of its own, so the consumer's RSS and CPU are its own, decode processes
+included; the simulator's `max_records` bounded) and the clock runs until the group's
+committed offsets reach the end of every partition: every event read, batched, submitted,
+reported complete by Target, acked and committed. Printed:
 
 - events/s end to end, and as a ratio to the hot path (decode + map + coalesce, the
   `chain` contender of bench_hot_path.py) measured in this same run on records of the same
@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--max-batch-seconds", type=float, default=60.0)
     parser.add_argument("--keep-log", type=Path, help="copy the consumer's log here at the end")
     parser.add_argument(
-        "--decode-processes", type=int, default=1, help="pipeline.decode_processes (default 1)"
+        "--decode-processes", type=int, default=0, help="pipeline.decode_processes (default 0)"
     )
     args = parser.parse_args()
     n, p = (100_000, 20_000) if args.quick else (args.events, args.profiles)

@@ -200,7 +200,7 @@ class PipelineSettings(_Section):
     # /healthz fails when the poll loop has not turned for this long.
     stuck_after_seconds: float = Field(60.0, gt=0)
     # Child processes that decode and map (consumer/decode_pool.py): 0 keeps it all in this
-    # process; 1 puts a second CPU to work on a backlog (about 43 MB more).
+    # process; 1 puts a second CPU to work (about 29 MB more), where the pod has one to itself.
     decode_processes: int = Field(0, ge=0, le=8)
 
 
