@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from consumer.config import Settings
 from consumer.decode_pool import DecodeProcessLost
 from consumer.errors import RegistryUnavailable
 from consumer.intake import POOL_AHEAD, POOL_CHUNK, Intake
 from consumer.record import SourceRecord
+from tests.fakes.intake import fake_intake
 
 pytestmark = pytest.mark.unit
 
@@ -60,14 +60,7 @@ def intake(accepted: list[tuple[SourceRecord, Any]], pool: FakePool, fetch: Any 
         publish_counts=lambda: None,
         handover=handover,
     )
-    return Intake(
-        settings=Settings(),
-        source=SimpleNamespace(),  # type: ignore[arg-type]
-        pipeline=pipeline,  # type: ignore[arg-type]
-        circuit=SimpleNamespace(is_open=False),  # type: ignore[arg-type]
-        tracker=SimpleNamespace(),  # type: ignore[arg-type]
-        pool=pool,  # type: ignore[arg-type]
-    )
+    return fake_intake(pipeline, pool)
 
 
 async def test_results_are_taken_in_read_order_whatever_order_they_come_back_in() -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from consumer.config import Settings
 from consumer.intake import SUBMIT_SLICE, Intake
 from consumer.record import SourceRecord
+from tests.fakes.intake import fake_intake
 
 pytestmark = pytest.mark.unit
 
@@ -34,13 +34,7 @@ def intake(submitted: list[SourceRecord]) -> Intake:
     pipeline = SimpleNamespace(
         buffered=0, decoder=decoder, submit=submitted.append, publish_counts=lambda: None
     )
-    return Intake(
-        settings=Settings(),
-        source=SimpleNamespace(),  # type: ignore[arg-type]
-        pipeline=pipeline,  # type: ignore[arg-type]
-        circuit=SimpleNamespace(is_open=False),  # type: ignore[arg-type]
-        tracker=SimpleNamespace(),  # type: ignore[arg-type]
-    )
+    return fake_intake(pipeline)
 
 
 async def test_other_tasks_run_between_slices_of_a_poll_batch() -> None:
