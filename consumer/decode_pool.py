@@ -27,6 +27,7 @@ decides when to stop) and exits when its socket closes, also when the parent is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -147,8 +148,12 @@ class _Child:
             return
         code = self.process.poll()
         lost = DecodeProcessLost(f"decode process lost ({type(exc).__name__}, exit code {code})")
-        while self._sent:
-            self._loop.call_soon_threadsafe(_settle_error, self._sent.popleft(), lost)
+        while True:  # both threads may get here when the child dies: each takes what is left
+            try:
+                future = self._sent.popleft()
+            except IndexError:
+                break
+            self._loop.call_soon_threadsafe(_settle_error, future, lost)
         while True:
             try:
                 item = self._requests.get_nowait()
@@ -162,7 +167,8 @@ class _Child:
         self._requests.put(None)
         # The child reads EOF and exits; its end closing ends our receiver's read (closing the
         # descriptor under a blocked read would not wake it).
-        self._socket.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):  # already gone with a dead child
+            self._socket.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(5.0)
