@@ -41,6 +41,7 @@ from common import (
     _set_profile,
     config,
     consumer_process,
+    cpu_seconds,
     encoder,
     machine,
     proc_status,
@@ -108,7 +109,7 @@ def drain(work: Path, cfg: dict[str, Any], bootstrap: str, group: str, n: int) -
             done = committed_total(bootstrap, group) >= n
         elapsed = time.perf_counter() - began
         peak = max(peak, _family_peak(proc.pid))
-        cpu = sum(_cpu_seconds(pid) for pid in _family(proc.pid))
+        cpu = sum(cpu_seconds(pid) for pid in _family(proc.pid))
         port = _metrics_port(work / "consumer.log")
         metrics = scrape(port) if port else {}
     if not done:
@@ -125,15 +126,6 @@ def _family(pid: int) -> list[int]:
 def _family_peak(pid: int) -> int:
     """kB: the consumer's VmHWM plus each child's."""
     return sum(proc_status(member).get("VmHWM", 0) for member in _family(pid))
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of the process so far (every thread): less sensitive to the other
-    engineers' load on the machine than the wall clock."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _metrics_port(log: Path) -> int | None:

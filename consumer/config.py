@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from confluent_kafka import Consumer, KafkaException
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -433,9 +434,6 @@ def _check_kafka_config(
     (cli.py reports those as configuration errors too).
     A client built without `bootstrap.servers` opens no connection; it is closed at once.
     """
-    # Imported here: a decode process (consumer/decode_pool.py) reads Settings and no Kafka.
-    from confluent_kafka import Consumer, KafkaException
-
     quiet = logging.Logger("librdkafka-config-check")
     quiet.disabled = True  # e.g. "producer property ignored by this consumer"
     problems = []

@@ -180,7 +180,7 @@ class Intake:
         decoder = self._pipeline.decoder
         texts = decoder.schema_texts()
         while self._pending and len(self._inflight) < POOL_AHEAD:
-            chunk: list[SourceRecord | None] = []
+            chunk: list[SourceRecord] = []
             blocked = False
             while self._pending and len(chunk) < POOL_CHUNK:
                 schema_id = decoder.schema_to_fetch(self._pending[0].value)
@@ -189,8 +189,9 @@ class Intake:
                     break
                 chunk.append(self._pending.popleft())
             if chunk:
-                values = [record.value for record in chunk if record is not None]
-                self._inflight.append((chunk, pool.prepare(values, texts)))
+                future = pool.prepare([record.value for record in chunk], texts)
+                out: list[SourceRecord | None] = list(chunk)  # `_revoke` may blank some
+                self._inflight.append((out, future))
             if blocked:
                 return True
             self._registry_answers()

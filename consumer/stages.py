@@ -21,14 +21,16 @@ class Stages:
     decoder: Decoder
     mapper: Mapper
     endpoint_url: str
-    reader_schema: dict[str, Any]  # the schema the rules read (and `preview` parses JSON with)
     spec: StageSpec  # what a decode process builds its decoder and mapper from
+
+    @property
+    def reader_schema(self) -> dict[str, Any]:
+        """The schema the rules read (and `preview` parses JSON with)."""
+        return self.spec.reader_schema
 
 
 def build_stages(
-    settings: Settings,
-    *,
-    schema_registry: SchemaRegistryClient | None = None,
+    settings: Settings, *, schema_registry: SchemaRegistryClient | None = None
 ) -> Stages:
     """Load schemas and rules; raises ConfigError naming files and keys.
 
@@ -52,6 +54,5 @@ def build_stages(
         decoder=Decoder(reader, writer, lookup),
         mapper=Mapper(rules),
         endpoint_url=endpoint(settings.target.url(), settings.target.client_code),
-        reader_schema=reader,
         spec=StageSpec(reader, writer, rules_path),
     )
